@@ -1,0 +1,1 @@
+//! Group commit: gathers ingest writes from many connections into shared transactions.
