@@ -1,0 +1,391 @@
+//! Settings: defaults, then a TOML file, then `FERRY_…` environment variables for the common ones.
+//!
+//! Every section is a plain struct with `deny_unknown_fields`, so a typo in the file is an error at
+//! start-up rather than a silently ignored setting. Units are in the names (`_secs`, `_bytes`).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Errors reading or checking the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is invalid: {source}")]
+    Parse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("environment variable {name}={value:?} is invalid: {reason}")]
+    Env {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub store: StoreSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+    pub mappings: MappingsSettings,
+    /// How long shutdown waits for in-flight messages before giving up on them (they were not
+    /// ACKed, so the sender will resend).
+    pub shutdown_grace_secs: u64,
+    /// Inbound listeners. Without any in the file, one MLLP listener on 127.0.0.1:2575.
+    pub listeners: Vec<ListenerSettings>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            store: StoreSettings::default(),
+            http: HttpSettings::default(),
+            log: LogSettings::default(),
+            mappings: MappingsSettings::default(),
+            shutdown_grace_secs: 10,
+            listeners: vec![ListenerSettings::Mllp(MllpListenerSettings::default())],
+        }
+    }
+}
+
+/// Where events, the inbound log and idempotency records live.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSettings {
+    /// `sqlite://PATH` (embedded, the default) or `postgres://USER@HOST:PORT/DB`.
+    /// Environment: `FERRY_DATABASE_URL`.
+    pub url: String,
+    pub max_connections: u32,
+    /// How long a commit waits for writes from other connections to share it. Bounded so that a
+    /// lone sender is not slowed down noticeably.
+    pub group_commit_wait_micros: u64,
+    /// Upper bound of messages in one shared commit.
+    pub group_commit_max_batch: usize,
+    /// Batches gathered and committed in parallel (useful with PostgreSQL, where a commit waits on
+    /// the network; SQLite has one writer anyway).
+    pub commit_workers: usize,
+}
+
+impl Default for StoreSettings {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://./ferry-data/ferry.db".into(),
+            max_connections: 8,
+            group_commit_wait_micros: 1000,
+            group_commit_max_batch: 256,
+            commit_workers: 2,
+        }
+    }
+}
+
+/// The HTTP port: health endpoints now, the FHIR API later.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSettings {
+    /// Environment: `FERRY_HTTP_LISTEN`. Port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogSettings {
+    /// A tracing filter such as `info` or `ferry=debug,sqlx=warn`. Environment: `FERRY_LOG`.
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// The folder of mapping files (used from the mapping issue on).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MappingsSettings {
+    /// Environment: `FERRY_MAPPINGS_DIR`.
+    pub dir: PathBuf,
+}
+
+impl Default for MappingsSettings {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("mappings"),
+        }
+    }
+}
+
+/// An inbound listener, picked by its `type`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum ListenerSettings {
+    Mllp(MllpListenerSettings),
+}
+
+/// An MLLP listener.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MllpListenerSettings {
+    /// Name used in logs and the inbound log.
+    pub name: String,
+    /// Address to bind; environment `FERRY_MLLP_LISTEN` overrides the first MLLP listener's.
+    pub listen: SocketAddr,
+    /// The tenant every message of this listener belongs to.
+    pub hospital_id: String,
+    /// Frames larger than this are answered with AR (when MSH can be read) and the connection is
+    /// closed.
+    pub max_frame_bytes: usize,
+    /// A connection with no complete frame for this long is closed.
+    pub idle_timeout_secs: u64,
+    /// Connections beyond this are closed straight after accept.
+    pub max_connections: usize,
+    /// Character set assumed when MSH-18 is empty (an HL7 name such as `UNICODE UTF-8`, `ASCII`,
+    /// `8859/1`).
+    pub default_charset: String,
+    /// Character set used when the bytes are not valid in the declared one (feeds that say ASCII
+    /// but send windows-1252 are common), or `none` to answer AE instead.
+    pub charset_fallback: String,
+}
+
+impl Default for MllpListenerSettings {
+    fn default() -> Self {
+        Self {
+            name: "mllp".into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 2575)),
+            hospital_id: "default".into(),
+            max_frame_bytes: 1024 * 1024,
+            idle_timeout_secs: 300,
+            max_connections: 256,
+            default_charset: "UNICODE UTF-8".into(),
+            charset_fallback: "windows-1252".into(),
+        }
+    }
+}
+
+impl Settings {
+    /// Defaults, then `file` if given, then the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut settings = match file {
+            Some(path) => Self::from_file(path)?,
+            None => Self::default(),
+        };
+        settings.apply_env(|name| std::env::var(name).ok())?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text).map_err(|source| ConfigError::Parse {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })
+    }
+
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        let mut settings: Settings = toml::from_str(text)?;
+        if settings.listeners.is_empty() {
+            settings.listeners = Settings::default().listeners;
+        }
+        Ok(settings)
+    }
+
+    /// Applies `FERRY_…` overrides read through `var` (a function, so tests need not touch the
+    /// process environment).
+    pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        fn addr(name: &'static str, value: String) -> Result<SocketAddr, ConfigError> {
+            value.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                name,
+                value,
+                reason: e.to_string(),
+            })
+        }
+        if let Some(v) = var("FERRY_MLLP_LISTEN") {
+            let listen = addr("FERRY_MLLP_LISTEN", v)?;
+            match self
+                .listeners
+                .iter_mut()
+                .map(|ListenerSettings::Mllp(m)| m)
+                .next()
+            {
+                Some(first) => first.listen = listen,
+                None => self
+                    .listeners
+                    .push(ListenerSettings::Mllp(MllpListenerSettings {
+                        listen,
+                        ..MllpListenerSettings::default()
+                    })),
+            }
+        }
+        if let Some(v) = var("FERRY_HTTP_LISTEN") {
+            self.http.listen = addr("FERRY_HTTP_LISTEN", v)?;
+        }
+        if let Some(v) = var("FERRY_DATABASE_URL") {
+            self.store.url = v;
+        }
+        if let Some(v) = var("FERRY_MAPPINGS_DIR") {
+            self.mappings.dir = PathBuf::from(v);
+        }
+        if let Some(v) = var("FERRY_LOG") {
+            self.log.filter = v;
+        }
+        Ok(())
+    }
+
+    /// Checks what serde cannot: names unique, sizes sane, character sets known.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for ListenerSettings::Mllp(l) in &self.listeners {
+            if !names.insert(l.name.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "two listeners are named {:?}",
+                    l.name
+                )));
+            }
+            if l.hospital_id.trim().is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "listener {:?} needs a hospital_id",
+                    l.name
+                )));
+            }
+            if l.max_frame_bytes < 16 {
+                return Err(ConfigError::Invalid(format!(
+                    "listener {:?}: max_frame_bytes must be at least 16",
+                    l.name
+                )));
+            }
+            if l.max_connections == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "listener {:?}: max_connections must be at least 1",
+                    l.name
+                )));
+            }
+            if crate::hl7::Charset::from_label(&l.default_charset).is_none() {
+                return Err(ConfigError::Invalid(format!(
+                    "listener {:?}: unknown default_charset {:?}",
+                    l.name, l.default_charset
+                )));
+            }
+            if !l.charset_fallback.eq_ignore_ascii_case("none")
+                && crate::hl7::Charset::from_label(&l.charset_fallback).is_none()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "listener {:?}: unknown charset_fallback {:?} (a character set, or \"none\")",
+                    l.name, l.charset_fallback
+                )));
+            }
+        }
+        if self.store.group_commit_max_batch == 0 || self.store.commit_workers == 0 {
+            return Err(ConfigError::Invalid(
+                "store.group_commit_max_batch and store.commit_workers must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The MLLP listeners.
+    pub fn mllp_listeners(&self) -> impl Iterator<Item = &MllpListenerSettings> {
+        self.listeners.iter().map(|ListenerSettings::Mllp(m)| m)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_the_readme() {
+        let s = Settings::default();
+        assert_eq!(s.store.url, "sqlite://./ferry-data/ferry.db");
+        assert_eq!(s.http.listen.to_string(), "127.0.0.1:8080");
+        let l: Vec<_> = s.mllp_listeners().collect();
+        assert_eq!(l.len(), 1);
+        assert_eq!(l[0].listen.to_string(), "127.0.0.1:2575");
+        assert_eq!(l[0].max_frame_bytes, 1 << 20);
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn file_then_environment() {
+        let mut s = Settings::from_toml(
+            r#"
+            shutdown_grace_secs = 3
+            [store]
+            url = "sqlite://x.db"
+            [[listeners]]
+            type = "mllp"
+            name = "adt"
+            listen = "0.0.0.0:2600"
+            hospital_id = "st-mary"
+            [[listeners]]
+            type = "mllp"
+            name = "orders"
+            listen = "0.0.0.0:2601"
+            hospital_id = "st-mary"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(s.shutdown_grace_secs, 3);
+        s.apply_env(|name| match name {
+            "FERRY_MLLP_LISTEN" => Some("127.0.0.1:0".into()),
+            "FERRY_DATABASE_URL" => Some("postgres://u@h/db".into()),
+            "FERRY_LOG" => Some("debug".into()),
+            _ => None,
+        })
+        .unwrap();
+        let l: Vec<_> = s.mllp_listeners().collect();
+        assert_eq!(l[0].listen.to_string(), "127.0.0.1:0");
+        assert_eq!(l[1].listen.to_string(), "0.0.0.0:2601");
+        assert_eq!(s.store.url, "postgres://u@h/db");
+        assert_eq!(s.log.filter, "debug");
+        s.validate().unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_errors() {
+        assert!(Settings::from_toml("[store]\nurl = \"x\"\ntypo = 1\n").is_err());
+        assert!(Settings::from_toml("[[listeners]]\ntype = \"smtp\"\n").is_err());
+        let mut s = Settings::default();
+        assert!(
+            s.apply_env(|n| (n == "FERRY_HTTP_LISTEN").then(|| "nope".to_string()))
+                .is_err()
+        );
+        let s = Settings::from_toml("[[listeners]]\ntype = \"mllp\"\ncharset_fallback = \"klingon\"\n")
+            .unwrap();
+        assert!(s.validate().is_err());
+    }
+}
