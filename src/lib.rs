@@ -1,4 +1,33 @@
 //! Ferry: an HL7 v2 / FHIR integration gateway.
+//!
+//! The pipeline, stage by stage, and the file of each:
+//!
+//! | stage | file |
+//! |---|---|
+//! | MLLP listener (accept loop, connections, shutdown) | `src/listeners/mllp.rs` |
+//! | MLLP framing (codec) and client | `src/mllp/codec.rs`, `src/mllp/client.rs` |
+//! | HTTP listener (health; FHIR later) | `src/listeners/http.rs` |
+//! | decode bytes → text by MSH-18 | `src/hl7/decode.rs` |
+//! | parse (zero-copy), escapes, paths | `src/hl7/parse.rs`, `src/hl7/escape.rs`, `src/hl7/path.rs` |
+//! | ACK building | `src/hl7/ack.rs` |
+//! | ingest: validate → commit → ACK | `src/pipeline.rs` |
+//! | group commit | `src/store/group_commit.rs` |
+//! | store contract; SQLite and PostgreSQL backends | `src/store/mod.rs`, `src/store/sqlite.rs`, `src/store/postgres.rs` |
+//! | wiring and shutdown | `src/app.rs` |
+//! | configuration | `src/config.rs` |
+//!
+//! Dependencies point inward: `hl7` knows nothing of sockets or stores; `store` knows no HL7 text;
+//! the pipeline ties them together for the listeners; `main.rs` depends on everything.
 #![forbid(unsafe_code)]
 
+pub mod app;
+pub mod config;
+pub mod hl7;
+pub mod listeners;
+pub mod loadgen;
+pub mod mllp;
+pub mod pipeline;
 pub mod store;
+pub mod telemetry;
+#[doc(hidden)]
+pub mod testing;

@@ -1,1 +1,239 @@
-fn main() {}
+//! The `ferry` command: parse the command line, load settings, start logging, run the command.
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use ferry::app::App;
+use ferry::config::Settings;
+use ferry::hl7::ack::{expects_accept_ack, summarize_ack};
+use ferry::loadgen;
+use ferry::mllp::client::{MllpClient, split_messages};
+
+#[derive(Parser)]
+#[command(name = "ferry", version, about = "HL7 v2 / FHIR integration gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (MLLP and HTTP listeners) until SIGTERM or ctrl-c.
+    Serve {
+        /// TOML configuration file; without it, embedded defaults (SQLite under ./ferry-data/).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Send HL7 v2 messages over MLLP and print each ACK; exits non-zero on any NAK.
+    Send {
+        /// Files with one message each, or several (batch envelopes are dropped).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Receiver address, HOST:PORT.
+        #[arg(long)]
+        to: String,
+        /// Seconds to wait for each ACK.
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
+    /// Load generators.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Send messages over N MLLP connections, check every ACK, report throughput and latency.
+    Mllp {
+        #[arg(long)]
+        to: String,
+        #[arg(long, default_value_t = 8)]
+        connections: usize,
+        #[arg(long, default_value_t = 10_000)]
+        messages: usize,
+        /// Folder (or file) of HL7 v2 messages to use as templates; default: a synthetic ADT^A01.
+        #[arg(long)]
+        corpus: Option<PathBuf>,
+        #[arg(long, default_value_t = 30)]
+        timeout_secs: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("ferry: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ferry: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve { config } => serve(config).await,
+        Command::Migrate { config } => {
+            let settings = Settings::load(config.as_deref())?;
+            ferry::telemetry::init(&settings.log);
+            let store = ferry::app::open_store(&settings)
+                .await
+                .context("migration failed")?;
+            println!("ferry: {} store migrated", store.backend());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Send {
+            files,
+            to,
+            timeout_secs,
+        } => send(files, &to, Duration::from_secs(timeout_secs)).await,
+        Command::Bench {
+            what:
+                BenchCommand::Mllp {
+                    to,
+                    connections,
+                    messages,
+                    corpus,
+                    timeout_secs,
+                },
+        } => {
+            let templates = loadgen::load_templates(corpus.as_deref())?;
+            eprintln!(
+                "ferry bench: {messages} messages over {connections} connections to {to} ({} templates)",
+                templates.len()
+            );
+            let report = loadgen::run(
+                &loadgen::LoadOptions {
+                    to,
+                    connections,
+                    messages,
+                    timeout: Duration::from_secs(timeout_secs),
+                },
+                templates,
+            )
+            .await?;
+            println!("{report}");
+            Ok(if report.rejected + report.mismatched == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+    }
+}
+
+async fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let settings = Settings::load(config.as_deref())?;
+    ferry::telemetry::init(&settings.log);
+    let app = App::start(&settings).await?;
+    {
+        // Exactly these lines, so scripts and tests can find the ports (port 0 is allowed).
+        let mut out = std::io::stdout().lock();
+        for (_, addr) in &app.mllp_addrs {
+            writeln!(out, "ferry: mllp listening on {addr}")?;
+        }
+        writeln!(out, "ferry: http listening on {}", app.http_addr)?;
+        out.flush()?;
+    }
+    let token = app.shutdown_token();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("Stop signal received.");
+        token.cancel();
+    });
+    app.run_until_stopped().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+async fn send(files: Vec<PathBuf>, to: &str, timeout: Duration) -> anyhow::Result<ExitCode> {
+    let mut client = MllpClient::connect(to, timeout)
+        .await
+        .with_context(|| format!("cannot connect to {to}"))?;
+    let mut naks = 0usize;
+    let mut sent = 0usize;
+    for file in files {
+        let data = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let messages = split_messages(&data);
+        if messages.is_empty() {
+            eprintln!("ferry send: {}: no HL7 message (no MSH segment) found", file.display());
+            naks += 1;
+            continue;
+        }
+        for message in messages {
+            if !expects_accept_ack(&message) {
+                // MSH-15 NE/ER: no ACK comes when the message is accepted. Send it and move on;
+                // an error NAK (ER) would arrive before the next message's ACK and be reported.
+                client
+                    .send(&message)
+                    .await
+                    .with_context(|| format!("{}: cannot send", file.display()))?;
+                sent += 1;
+                println!("# {} (MSH-15 asks for no ACK on success)", file.display());
+                continue;
+            }
+            let ack = client
+                .request(&message)
+                .await
+                .with_context(|| format!("{}: no ACK", file.display()))?;
+            sent += 1;
+            let text = String::from_utf8_lossy(&ack);
+            println!("# {}", file.display());
+            for segment in text.split('\r').filter(|s| !s.is_empty()) {
+                println!("{segment}");
+            }
+            let accepted = summarize_ack(&text)
+                .and_then(|s| s.code)
+                .is_some_and(|c| c.is_accept());
+            if !accepted {
+                naks += 1;
+            }
+        }
+    }
+    eprintln!("ferry send: {sent} sent, {} accepted, {naks} not accepted", sent.saturating_sub(naks));
+    Ok(if naks == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

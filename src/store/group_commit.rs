@@ -1,1 +1,183 @@
 //! Group commit: gathers ingest writes from many connections into shared transactions.
+//!
+//! Each connection hands its write to [`GroupCommitter::commit`] and waits. Worker tasks take what is
+//! queued (waiting at most `max_wait` for more company, up to `max_batch` writes), commit it as one
+//! transaction through [`EventStore::commit_ingest`], and only then answer each waiter. So every ACK
+//! still follows its own durable commit, while one fsync serves many messages: throughput grows with
+//! the number of connections.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinSet;
+
+use super::{DynStore, IngestOutcome, IngestWrite, StoreError};
+
+/// Tuning of the committer.
+#[derive(Debug, Clone, Copy)]
+pub struct GroupCommitConfig {
+    /// How long a batch waits for more writes after its first one arrived.
+    pub max_wait: Duration,
+    /// Upper bound of writes per transaction.
+    pub max_batch: usize,
+    /// Batches gathered and committed concurrently.
+    pub workers: usize,
+}
+
+impl Default for GroupCommitConfig {
+    fn default() -> Self {
+        Self {
+            max_wait: Duration::from_millis(1),
+            max_batch: 256,
+            workers: 1,
+        }
+    }
+}
+
+/// Why a write was not committed. Nothing of it is stored.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CommitError {
+    /// The store failed; the message was not stored and may be resent.
+    #[error("{0}")]
+    Store(Arc<StoreError>),
+    /// The committer has stopped (shutdown).
+    #[error("the committer has stopped")]
+    Stopped,
+}
+
+struct Request {
+    write: IngestWrite,
+    reply: oneshot::Sender<Result<IngestOutcome, CommitError>>,
+}
+
+/// Handle to the running committer; clone it freely. The workers stop once every handle is dropped
+/// and the queue is drained.
+#[derive(Clone)]
+pub struct GroupCommitter {
+    tx: mpsc::Sender<Request>,
+}
+
+impl GroupCommitter {
+    /// Starts the workers. Await the returned set to know they have finished after the last handle
+    /// was dropped.
+    pub fn start(store: DynStore, config: GroupCommitConfig) -> (Self, JoinSet<()>) {
+        let capacity = config.max_batch.max(1) * config.workers.max(1) * 4;
+        let (tx, rx) = mpsc::channel(capacity);
+        // Workers share the receiver; the one holding the lock gathers the next batch while the
+        // others commit theirs.
+        let rx = Arc::new(Mutex::new(rx));
+        let mut set = JoinSet::new();
+        for _ in 0..config.workers.max(1) {
+            set.spawn(worker(store.clone(), rx.clone(), config));
+        }
+        (Self { tx }, set)
+    }
+
+    /// Commits one write together with whatever else is queued, and returns its outcome once the
+    /// transaction is durable.
+    pub async fn commit(&self, write: IngestWrite) -> Result<IngestOutcome, CommitError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Request { write, reply })
+            .await
+            .map_err(|_| CommitError::Stopped)?;
+        answer.await.map_err(|_| CommitError::Stopped)?
+    }
+}
+
+async fn gather(
+    rx: &Mutex<mpsc::Receiver<Request>>,
+    config: GroupCommitConfig,
+) -> Option<Vec<Request>> {
+    let mut rx = rx.lock().await;
+    let first = rx.recv().await?;
+    let mut batch = Vec::with_capacity(config.max_batch.min(64));
+    batch.push(first);
+    while batch.len() < config.max_batch {
+        match rx.try_recv() {
+            Ok(r) => batch.push(r),
+            Err(_) => break,
+        }
+    }
+    if batch.len() < config.max_batch && !config.max_wait.is_zero() {
+        let deadline = tokio::time::Instant::now() + config.max_wait;
+        while batch.len() < config.max_batch {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(r)) => batch.push(r),
+                Ok(None) | Err(_) => break,
+            }
+        }
+    }
+    Some(batch)
+}
+
+async fn worker(store: DynStore, rx: Arc<Mutex<mpsc::Receiver<Request>>>, config: GroupCommitConfig) {
+    while let Some(batch) = gather(&rx, config).await {
+        let (writes, replies): (Vec<IngestWrite>, Vec<_>) =
+            batch.into_iter().map(|r| (r.write, r.reply)).unzip();
+        let results = commit_with_retry(&store, &writes).await;
+        for (reply, result) in replies.into_iter().zip(results) {
+            // A waiter that went away (connection closed) simply never sends its ACK.
+            let _ = reply.send(result);
+        }
+    }
+}
+
+/// Commits a batch; on a race with another instance retries it; on a version conflict (which fails
+/// the whole transaction) commits each write alone so that one message's conflict does not fail the
+/// others.
+async fn commit_with_retry(
+    store: &DynStore,
+    writes: &[IngestWrite],
+) -> Vec<Result<IngestOutcome, CommitError>> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let started = std::time::Instant::now();
+        match store.commit_ingest(writes).await {
+            Ok(outcomes) if outcomes.len() == writes.len() => {
+                tracing::trace!(
+                    batch = writes.len(),
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "Batch committed."
+                );
+                return outcomes.into_iter().map(Ok).collect();
+            }
+            Ok(outcomes) => {
+                let error = Arc::new(StoreError::Corrupt(format!(
+                    "store returned {} outcomes for {} writes",
+                    outcomes.len(),
+                    writes.len()
+                )));
+                tracing::error!(%error, "Batch commit returned a wrong number of outcomes.");
+                return writes
+                    .iter()
+                    .map(|_| Err(CommitError::Store(error.clone())))
+                    .collect();
+            }
+            Err(StoreError::IdempotencyRace) if attempt < 4 => {
+                tracing::debug!(attempt, "Idempotency race with another writer; retrying batch.");
+                continue;
+            }
+            // One write's conflict, or a row the database refuses, fails the whole transaction:
+            // commit each write alone so that one poison message does not fail its neighbours.
+            Err(StoreError::VersionConflict { .. } | StoreError::Database(_)) if writes.len() > 1 => {
+                tracing::debug!(batch = writes.len(), "Batch failed; committing its writes one by one.");
+                let mut out = Vec::with_capacity(writes.len());
+                for w in writes {
+                    out.extend(Box::pin(commit_with_retry(store, std::slice::from_ref(w))).await);
+                }
+                return out;
+            }
+            Err(error) => {
+                tracing::error!(%error, batch = writes.len(), "Batch commit failed; nothing of it was stored.");
+                let error = Arc::new(error);
+                return writes
+                    .iter()
+                    .map(|_| Err(CommitError::Store(error.clone())))
+                    .collect();
+            }
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Builds the running application from [`Settings`]: store, group committer, ingest pipeline, MLLP
+//! listeners and the HTTP listener, and stops them in order.
+//!
+//! Tests build the same [`App`] on port 0 that `ferry serve` runs.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::hl7::{Charset, DecodeOptions};
+use crate::listeners::http::{HealthState, router};
+use crate::listeners::mllp::{MllpListener, MllpOptions};
+use crate::pipeline::{Ingest, ListenerContext};
+use crate::store::group_commit::{GroupCommitConfig, GroupCommitter};
+use crate::store::{ConnectOptions, DynStore, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+/// A running Ferry.
+pub struct App {
+    /// Bound MLLP listeners by name, in configuration order.
+    pub mllp_addrs: Vec<(String, SocketAddr)>,
+    pub http_addr: SocketAddr,
+    pub store: DynStore,
+    shutdown: CancellationToken,
+    listeners: Vec<JoinHandle<()>>,
+    http: JoinHandle<()>,
+    committers: JoinSet<()>,
+    listeners_up: Arc<AtomicBool>,
+    grace: Duration,
+}
+
+/// Opens and migrates the configured store.
+pub async fn open_store(settings: &Settings) -> Result<DynStore, StoreError> {
+    let store = crate::store::connect(
+        &settings.store.url,
+        &ConnectOptions {
+            max_connections: settings.store.max_connections,
+            ..ConnectOptions::default()
+        },
+    )
+    .await?;
+    store.migrate().await?;
+    Ok(store)
+}
+
+fn charset(label: &str, what: &str) -> Result<Charset, AppError> {
+    Charset::from_label(label)
+        .ok_or_else(|| AppError::Config(format!("unknown character set {label:?} for {what}")))
+}
+
+impl App {
+    /// Opens the store (migrating it), binds every listener and starts serving.
+    pub async fn start(settings: &Settings) -> Result<App, AppError> {
+        let store = open_store(settings).await?;
+        tracing::info!(backend = %store.backend(), "Store ready.");
+        let (committer, committers) = GroupCommitter::start(
+            store.clone(),
+            GroupCommitConfig {
+                max_wait: Duration::from_micros(settings.store.group_commit_wait_micros),
+                max_batch: settings.store.group_commit_max_batch,
+                workers: settings.store.commit_workers,
+            },
+        );
+        let ingest = Arc::new(Ingest::new(committer));
+        let shutdown = CancellationToken::new();
+
+        let mut bound = Vec::new();
+        for l in settings.mllp_listeners() {
+            let fallback = if l.charset_fallback.eq_ignore_ascii_case("none") {
+                None
+            } else {
+                Some(charset(&l.charset_fallback, "charset_fallback")?)
+            };
+            let options = MllpOptions {
+                context: ListenerContext {
+                    name: l.name.clone(),
+                    hospital_id: l.hospital_id.clone(),
+                    decode: DecodeOptions {
+                        default_charset: charset(&l.default_charset, "default_charset")?,
+                        fallback,
+                    },
+                },
+                max_frame_bytes: l.max_frame_bytes,
+                idle_timeout: Duration::from_secs(l.idle_timeout_secs),
+                max_connections: l.max_connections,
+            };
+            let tcp = TcpListener::bind(l.listen)
+                .await
+                .map_err(|source| AppError::Bind {
+                    what: format!("mllp listener {:?}", l.name),
+                    addr: l.listen,
+                    source,
+                })?;
+            let listener = MllpListener::new(tcp, options, ingest.clone());
+            let addr = listener.local_addr().map_err(|source| AppError::Bind {
+                what: format!("mllp listener {:?}", l.name),
+                addr: l.listen,
+                source,
+            })?;
+            bound.push((l.name.clone(), addr, listener));
+        }
+        drop(ingest);
+
+        let http_tcp = TcpListener::bind(settings.http.listen)
+            .await
+            .map_err(|source| AppError::Bind {
+                what: "http".into(),
+                addr: settings.http.listen,
+                source,
+            })?;
+        let http_addr = http_tcp.local_addr().map_err(|source| AppError::Bind {
+            what: "http".into(),
+            addr: settings.http.listen,
+            source,
+        })?;
+        let listeners_up = Arc::new(AtomicBool::new(false));
+        let app_router = router(HealthState {
+            store: store.clone(),
+            listeners_up: listeners_up.clone(),
+        });
+        let http_shutdown = shutdown.clone();
+        let http = tokio::spawn(async move {
+            let serve = axum::serve(http_tcp, app_router)
+                .with_graceful_shutdown(async move { http_shutdown.cancelled().await });
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "HTTP server failed.");
+            }
+        });
+
+        let mut mllp_addrs = Vec::new();
+        let mut listeners = Vec::new();
+        for (name, addr, listener) in bound {
+            tracing::info!(listener = %name, %addr, "MLLP listener accepting.");
+            mllp_addrs.push((name, addr));
+            listeners.push(tokio::spawn(listener.run(shutdown.clone())));
+        }
+        listeners_up.store(true, Ordering::Release);
+        tracing::info!(%http_addr, "HTTP listener accepting.");
+
+        Ok(App {
+            mllp_addrs,
+            http_addr,
+            store,
+            shutdown,
+            listeners,
+            http,
+            committers,
+            listeners_up,
+            grace: Duration::from_secs(settings.shutdown_grace_secs),
+        })
+    }
+
+    /// The first MLLP listener's address (what most callers want).
+    pub fn mllp_addr(&self) -> SocketAddr {
+        self.mllp_addrs
+            .first()
+            .map(|(_, a)| *a)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// A token that, when cancelled, starts the same shutdown as [`App::shutdown`].
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until the shutdown token is cancelled, then shuts down.
+    pub async fn run_until_stopped(self) {
+        self.shutdown.cancelled().await;
+        self.shutdown().await;
+    }
+
+    /// Stops accepting, lets in-flight messages finish (up to the grace period), then drains the
+    /// committer. Nothing is ACKed that was not committed: a message cut off by the grace period
+    /// gets no ACK and will be resent by its sender.
+    pub async fn shutdown(mut self) {
+        tracing::info!("Shutting down: no new connections; finishing messages in flight.");
+        self.listeners_up.store(false, Ordering::Release);
+        self.shutdown.cancel();
+        let listeners = futures::future::join_all(self.listeners.drain(..));
+        if tokio::time::timeout(self.grace, listeners).await.is_err() {
+            tracing::warn!(
+                grace_secs = self.grace.as_secs(),
+                "Grace period over with messages still in flight; they were not ACKed."
+            );
+        }
+        let _ = tokio::time::timeout(self.grace, &mut self.http).await;
+        // The listeners held the last handles on the ingest pipeline; once they are gone the
+        // committer drains its queue and stops.
+        let _ = tokio::time::timeout(self.grace, async {
+            while self.committers.join_next().await.is_some() {}
+        })
+        .await;
+        tracing::info!("Shutdown complete.");
+    }
+}
