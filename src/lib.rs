@@ -1,4 +1,4 @@
 //! Ferry: an HL7 v2 / FHIR integration gateway.
 #![forbid(unsafe_code)]
 
-pub mod store;
+pub mod hl7;
