@@ -113,10 +113,19 @@ fn check_encoding_characters(field: u8, enc: &str) -> Result<Separators, &'stati
     })
 }
 
-/// Renders at most `max` characters of untrusted text for an error message, with control characters escaped so
-/// that log lines and ERR segments stay on one line.
+/// Keeps at most `max` characters of untrusted text for an error, with control characters (CR, LF, NUL, …)
+/// escaped so that the text stays printable on one line in logs and ERR segments. Other characters, backslash
+/// included, are kept as they are: the error's `{:?}` formatting escapes them once for display.
 fn printable_prefix(s: &str, max: usize) -> String {
-    s.chars().take(max).flat_map(char::escape_debug).collect()
+    let mut out = String::new();
+    for c in s.chars().take(max) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// A parse failure. Each variant can say where it points via [`ParseError::location`], for ERR-2.
@@ -316,7 +325,7 @@ impl<'a> Message<'a> {
         };
         if !fs_char.is_ascii_punctuation() {
             return Err(ParseError::BadFieldSeparator {
-                found: fs_char.escape_debug().collect(),
+                found: printable_prefix(after, 1),
             });
         }
         let fs = fs_char as u8;
