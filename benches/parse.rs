@@ -17,7 +17,7 @@ fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     entries.sort();
     for p in entries {
         if p.is_dir() {
-            if !p.file_name().is_some_and(|n| n == "_raw_odd") {
+            if p.file_name().is_none_or(|n| n != "_raw_odd") {
                 files(&p, out);
             }
         } else if p.extension().is_some_and(|e| e == "hl7") {

@@ -2,6 +2,8 @@
 //! CRLF) decode and parse; every malformed input goes through decode + parse + queries without panicking; and
 //! arbitrary or mutated input never panics (proptest).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on bad fixtures
+
 use std::path::{Path, PathBuf};
 
 use ferry::hl7::{self, DecodeOptions, Message};

@@ -29,6 +29,8 @@
 //! lenient mode, dropping the rest of the message on a bad segment — but none of that occurs in the well-formed
 //! corpus, which the equal segment counts prove.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on bad fixtures
+
 use std::path::{Path, PathBuf};
 
 use ferry::hl7::{self, DecodeOptions, Message, Separators};
@@ -86,7 +88,7 @@ fn incomparable(raw: &str, seps: &Separators, counts: &mut Counts) -> bool {
         return true;
     }
     let parts: Vec<&str> = raw.split(esc).collect();
-    if parts.len() % 2 == 0 {
+    if parts.len().is_multiple_of(2) {
         counts.skipped_unterminated += 1;
         return true;
     }

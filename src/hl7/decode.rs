@@ -296,6 +296,7 @@ pub fn encode<'a>(text: &'a str, charset: Charset) -> Cow<'a, [u8]> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
     use encoding_rs as e;

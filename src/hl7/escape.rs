@@ -112,7 +112,7 @@ fn resolve(content: &str, seps: &Separators, out: &mut String) -> bool {
 /// sender escaping a single 8-bit character).
 fn hex_bytes(hex: &str, out: &mut String) -> bool {
     let h = hex.as_bytes();
-    if h.is_empty() || h.len() % 2 != 0 || !h.iter().all(u8::is_ascii_hexdigit) {
+    if h.is_empty() || !h.len().is_multiple_of(2) || !h.iter().all(u8::is_ascii_hexdigit) {
         return false;
     }
     let val = |b: u8| match b {
@@ -195,6 +195,7 @@ pub fn escape<'a>(text: &'a str, seps: &Separators) -> Cow<'a, str> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
 

@@ -12,5 +12,5 @@ pub mod path;
 
 pub use decode::{Charset, DecodeError, DecodeOptions, Decoded, decode, encode};
 pub use escape::{escape, unescape};
-pub use parse::{Field, Location, Message, ParseError, Segment, Separators, Value};
+pub use parse::{Field, Level, Location, Message, ParseError, Segment, Separators, Split, Value};
 pub use path::{Index, Path, PathError};

@@ -205,9 +205,8 @@ impl Location {
         ];
         let last = tail.iter().rposition(Option::is_some);
         if let Some(last) = last {
-            for (i, p) in tail.iter().enumerate().take(last + 1) {
+            for p in tail.iter().take(last + 1) {
                 parts.push(p.unwrap_or(1).to_string());
-                let _ = i;
             }
         }
         parts.join(&component_separator.to_string())
@@ -895,6 +894,7 @@ impl<'a> Iterator for Split<'a> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
 

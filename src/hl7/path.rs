@@ -12,6 +12,7 @@ use nom::IResult;
 use nom::Parser;
 use nom::bytes::complete::take_while_m_n;
 use nom::character::complete::{char as ch, digit1};
+use nom::combinator::recognize;
 
 /// Which segment occurrence or field repetition a path selects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -49,11 +50,11 @@ pub struct PathError {
 type Res<'a, T> = IResult<&'a str, T>;
 
 fn segment_id(i: &str) -> Res<'_, &str> {
-    let (rest, first) = take_while_m_n(1, 1, |c: char| c.is_ascii_uppercase()).parse(i)?;
-    let (rest, _) =
-        take_while_m_n(2, 2, |c: char| c.is_ascii_uppercase() || c.is_ascii_digit()).parse(rest)?;
-    let _ = first;
-    Ok((rest, &i[..3]))
+    recognize((
+        take_while_m_n(1, 1, |c: char| c.is_ascii_uppercase()),
+        take_while_m_n(2, 2, |c: char| c.is_ascii_uppercase() || c.is_ascii_digit()),
+    ))
+    .parse(i)
 }
 
 fn number(i: &str) -> Res<'_, &str> {
@@ -206,6 +207,7 @@ impl fmt::Display for Path {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on bad fixtures
 mod tests {
     use super::*;
 
