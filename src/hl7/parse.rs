@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use memchr::{memchr, memchr_iter, memchr2};
+use memchr::{memchr, memchr2, memchr3_iter};
 
 use super::escape::unescape;
 use super::path::{Index, Path, PathError};
@@ -355,67 +355,74 @@ impl<'a> Message<'a> {
             large: None,
         };
 
-        // MSH: fields 1 and 2 are the delimiters themselves, never split.
-        msg.fields.push((start + 3, start + 4));
-        msg.fields.push((enc_start, enc_end));
-        let mut pos = enc_end;
-        msg.index_fields(pos, line_end);
-        msg.segments.push(SegEntry {
-            start,
-            end: line_end,
-            first_field: 0,
-            field_count: msg.fields.len(),
-            occurrence: counter.next(*b"MSH"),
-        });
-        pos = line_end;
-
-        let len = bytes.len();
-        while pos < len {
-            // Skip terminators and empty lines.
-            while pos < len && (bytes[pos] == b'\r' || bytes[pos] == b'\n') {
-                pos += 1;
+        // One pass of memchr3 over the rest finds field separators and segment terminators alike. The header
+        // was validated above, so the first MSH goes through the same loop as every other segment.
+        let mut seg_start = start;
+        // Where the current field starts; `None` while still inside the segment ID.
+        let mut field_start: Option<usize> = None;
+        for at in memchr3_iter(fs, b'\r', b'\n', &bytes[start..]).map(|i| i + start) {
+            if bytes[at] == fs {
+                match field_start {
+                    None => {
+                        msg.check_id(seg_start, at)?;
+                        if &bytes[seg_start..at] == b"MSH" {
+                            // MSH-1 is the field separator itself.
+                            msg.fields.push((at, at + 1));
+                        }
+                    }
+                    Some(f) => msg.fields.push((f, at)),
+                }
+                field_start = Some(at + 1);
+            } else {
+                if at > seg_start {
+                    msg.finish_segment(seg_start, at, field_start, &mut counter)?;
+                }
+                seg_start = at + 1;
+                field_start = None;
             }
-            if pos >= len {
-                break;
-            }
-            let end = memchr2(b'\r', b'\n', &bytes[pos..])
-                .map(|i| pos + i)
-                .unwrap_or(len);
-            let id_end = memchr(fs, &bytes[pos..end]).map(|i| pos + i).unwrap_or(end);
-            let id = &bytes[pos..id_end];
-            if !valid_segment_id(id) {
-                return Err(ParseError::BadSegmentId {
-                    position: msg.segments.len() + 1,
-                    id: printable_prefix(text.get(pos..id_end).unwrap_or(""), 10),
-                });
-            }
-            let first_field = msg.fields.len();
-            msg.index_fields(id_end, end);
-            msg.segments.push(SegEntry {
-                start: pos,
-                end,
-                first_field,
-                field_count: msg.fields.len() - first_field,
-                occurrence: counter.next([id[0], id[1], id[2]]),
-            });
-            pos = end;
+        }
+        if seg_start < bytes.len() {
+            msg.finish_segment(seg_start, bytes.len(), field_start, &mut counter)?;
         }
         Ok(msg)
     }
 
-    /// Indexes the fields of one line. `from` is at a field separator (or at `end` when there are no fields).
-    fn index_fields(&mut self, from: usize, end: usize) {
-        if from >= end {
-            return;
+    /// Rejects a malformed segment ID at `start..end`.
+    fn check_id(&self, start: usize, end: usize) -> Result<(), ParseError> {
+        if valid_segment_id(&self.text.as_bytes()[start..end]) {
+            return Ok(());
         }
-        let bytes = &self.text.as_bytes()[from + 1..end];
-        let mut prev = from + 1;
-        for i in memchr_iter(self.seps.field, bytes) {
-            let at = from + 1 + i;
-            self.fields.push((prev, at));
-            prev = at + 1;
+        Err(ParseError::BadSegmentId {
+            position: self.segments.len() + 1,
+            id: printable_prefix(self.text.get(start..end).unwrap_or(""), 10),
+        })
+    }
+
+    /// Closes the segment `start..end` whose fields (after the first) have been pushed since the last one.
+    fn finish_segment(
+        &mut self,
+        start: usize,
+        end: usize,
+        field_start: Option<usize>,
+        counter: &mut OccurrenceCounter,
+    ) -> Result<(), ParseError> {
+        match field_start {
+            None => self.check_id(start, end)?,
+            Some(f) => self.fields.push((f, end)),
         }
-        self.fields.push((prev, end));
+        let first_field = self
+            .segments
+            .last()
+            .map_or(0, |s| s.first_field + s.field_count);
+        let b = self.text.as_bytes();
+        self.segments.push(SegEntry {
+            start,
+            end,
+            first_field,
+            field_count: self.fields.len() - first_field,
+            occurrence: counter.next([b[start], b[start + 1], b[start + 2]]),
+        });
+        Ok(())
     }
 
     /// The text the message was parsed from (including a BOM, if any).
@@ -641,7 +648,8 @@ impl<'m, 'a> Segment<'m, 'a> {
         }
         let (s, t) = self.msg.fields[e.first_field + n - 1];
         let raw = self.msg.text.get(s..t).unwrap_or("");
-        let atomic = self.index == 0 && n <= 2;
+        // In every MSH (also a second one, as in a batch) fields 1 and 2 are delimiters, not data.
+        let atomic = n <= 2 && self.id() == "MSH";
         Some(Field {
             raw,
             seps: self.msg.seps,
@@ -1074,6 +1082,26 @@ ZPI|custom\r";
         assert_eq!(name.decoded(), "M^ller^Hans");
         assert_eq!(name.component(1).unwrap().decoded(), "M^ller");
         assert_eq!(name.component(2).unwrap().decoded(), "Hans");
+    }
+
+    #[test]
+    fn a_second_msh_is_numbered_like_the_first() {
+        let m = Message::parse("MSH|^~\\&|A\rPID|1\rMSH|^~\\&|B|C\r").unwrap();
+        let second = m.segment_n("MSH", 2).unwrap();
+        assert_eq!(second.field(1).unwrap().raw(), "|");
+        assert_eq!(second.field(2).unwrap().raw(), "^~\\&");
+        assert_eq!(second.field(2).unwrap().repetitions().count(), 1);
+        assert_eq!(second.field(4).unwrap().raw(), "C");
+        assert_eq!(m.query("MSH[2].3").unwrap().unwrap().raw(), "B");
+    }
+
+    #[test]
+    fn segments_without_fields() {
+        let m = Message::parse("MSH|^~\\&|A\rZZZ\rPID|\r").unwrap();
+        assert_eq!(m.segment("ZZZ").unwrap().field_count(), 0);
+        assert_eq!(m.segment("PID").unwrap().field_count(), 1);
+        assert_eq!(m.segment("PID").unwrap().field(1).unwrap().raw(), "");
+        assert_eq!(Message::parse("MSH|^~\\&").unwrap().msh().field_count(), 2);
     }
 
     #[test]
