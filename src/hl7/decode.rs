@@ -449,6 +449,11 @@ mod tests {
         );
         assert_eq!(&*encode("ą€", Charset::Other(e::ISO_8859_2)), b"\xb1?");
         assert_eq!(&*encode("Müller", Charset::Utf8), "Müller".as_bytes());
+        // ISO-2022-JP is stateful: the '?' must land in the ASCII state for the text to round-trip.
+        let jis = encode("日本\u{1F600}語", Charset::Other(e::ISO_2022_JP));
+        let (back, _, bad) = e::ISO_2022_JP.decode(&jis);
+        assert!(!bad);
+        assert_eq!(back, "日本?語");
         let big: String = "ü".repeat(5000);
         assert_eq!(encode(&big, Charset::Other(e::WINDOWS_1252)).len(), 5000);
     }

@@ -683,7 +683,8 @@ impl<'a> Field<'a> {
         self.raw.is_empty()
     }
 
-    /// The field with escape sequences resolved (the delimiters between repetitions/components stay).
+    /// The field with escape sequences resolved. The delimiters between repetitions and components stay, and an
+    /// escaped delimiter (`\S\`) becomes indistinguishable from a real one: split first, then decode the parts.
     pub fn decoded(&self) -> Cow<'a, str> {
         self.value().decoded()
     }
