@@ -756,3 +756,100 @@ async fn measure(name: &str, store: &DynStore, tasks: usize) {
         n as f64 / secs
     );
 }
+
+/// Two instances append to the same new stream at the same time: one wins, the other gets a version
+/// conflict (from its own check, or from the unique constraint when both read the stream as empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_instances_race_on_one_stream() {
+    let Some(db) = common::postgres_store().await else {
+        return;
+    };
+    let a = db.store.clone();
+    let b = db.another_store().await;
+    for round in 0..30 {
+        let stream = format!("patient-{round}");
+        let wa = with_events(
+            accepted("H1", &format!("A-{round}")),
+            vec![event(&stream, ExpectedVersion::NoStream, 1)],
+        );
+        let wb = with_events(
+            accepted("H1", &format!("B-{round}")),
+            vec![event(&stream, ExpectedVersion::NoStream, 2)],
+        );
+        let (ra, rb) = tokio::join!(
+            a.commit_ingest(std::slice::from_ref(&wa)),
+            b.commit_ingest(std::slice::from_ref(&wb))
+        );
+        let ok = [&ra, &rb].iter().filter(|r| r.is_ok()).count();
+        assert_eq!(ok, 1, "round {round}: {ra:?} / {rb:?}");
+        for r in [&ra, &rb] {
+            if let Err(e) = r {
+                match e {
+                    StoreError::VersionConflict {
+                        stream_id, actual, ..
+                    } => {
+                        assert_eq!(stream_id, &stream);
+                        assert_eq!(*actual, 1);
+                    }
+                    other => panic!("round {round}: unexpected {other:?}"),
+                }
+            }
+        }
+        assert_eq!(a.read_stream("H1", &stream).await.unwrap().len(), 1);
+    }
+    assert_eq!(counts(&a).await.events, 30);
+}
+
+/// `sqlite::memory:` must keep one database for the store's lifetime (a pool of several
+/// connections would give each its own empty database).
+#[tokio::test]
+async fn sqlite_in_memory_keeps_its_data() {
+    let store = ferry::store::connect("sqlite::memory:", &Default::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let w = accepted("H1", "MEM");
+    store.commit_ingest(std::slice::from_ref(&w)).await.unwrap();
+    for _ in 0..4 {
+        assert_eq!(
+            store.inbound(w.inbound.id).await.unwrap(),
+            Some(w.inbound.clone())
+        );
+    }
+    assert_eq!(counts(&store).await.inbound, 1);
+}
+
+#[tokio::test]
+async fn unknown_url_is_refused() {
+    let r = ferry::store::connect("mysql://localhost/ferry", &Default::default()).await;
+    assert!(matches!(r, Err(StoreError::UnsupportedUrl(_))));
+}
+
+/// A value that does not fit its column type comes back as `Corrupt` naming the column, not a panic.
+#[tokio::test]
+async fn sqlite_bad_values_are_reported_as_corrupt() {
+    let (store, dir) = common::sqlite_store().await;
+    let w = with_events(
+        accepted("H1", "BAD"),
+        vec![event("s", ExpectedVersion::Any, 1)],
+    );
+    store.commit_ingest(std::slice::from_ref(&w)).await.unwrap();
+    let url = format!("sqlite://{}/data/ferry.db", dir.path().display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::query("UPDATE inbound_messages SET received_at = 'yesterday'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE events SET payload = '{not json'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    match store.inbound_by_control_id("H1", "BAD").await {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("received_at"), "{msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    match store.read_stream("H1", "s").await {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("payload"), "{msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+}

@@ -750,8 +750,10 @@ pub(super) mod plan {
         if !unique {
             return StoreError::Database(err);
         }
-        // The driver does not say which row collided; name the first stream of the batch's events
-        // (the usual case is a batch touching a single stream) and the version we tried to write.
+        // Only reachable if a writer outside the store's write lock appended meanwhile (with
+        // BEGIN IMMEDIATE the SQLite backend reads versions under the lock, so in practice never).
+        // The driver does not say which row collided: name the first stream of the batch's events
+        // and the version this batch read for it.
         match events.first() {
             Some(first) => StoreError::VersionConflict {
                 stream_id: first.event.stream_id.clone(),
