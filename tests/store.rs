@@ -709,22 +709,23 @@ async fn postgres_two_instances_race_on_one_key() {
 #[ignore = "throughput measurement, not a check"]
 async fn throughput() {
     let (sqlite, _dir) = common::sqlite_store().await;
-    measure("sqlite", &sqlite, 1).await;
-    measure("sqlite", &sqlite, 4).await;
+    for (batch, tasks) in [(32, 1), (32, 4), (64, 1)] {
+        measure("sqlite", &sqlite, batch, tasks).await;
+    }
     if let Some(db) = common::postgres_store().await {
-        measure("postgres", &db.store, 1).await;
-        measure("postgres", &db.store, 4).await;
+        for (batch, tasks) in [(32, 1), (32, 4), (64, 1), (64, 4)] {
+            measure("postgres", &db.store, batch, tasks).await;
+        }
     }
 }
 
-async fn measure(name: &str, store: &DynStore, tasks: usize) {
+async fn measure(name: &str, store: &DynStore, batch_size: usize, tasks: usize) {
     const MESSAGES: usize = 20_000;
-    const BATCH: usize = 32;
     let padding = "OBX|1|TX|NOTE||".to_owned() + &"x".repeat(1400) + "\r";
     let prefix = Uuid::now_v7().simple().to_string();
-    let batches: Vec<Vec<IngestWrite>> = (0..MESSAGES / BATCH)
+    let batches: Vec<Vec<IngestWrite>> = (0..MESSAGES / batch_size)
         .map(|b| {
-            (0..BATCH)
+            (0..batch_size)
                 .map(|i| {
                     let mut w = accepted("H1", &format!("{prefix}-{b}-{i}"));
                     w.inbound.raw.extend_from_slice(padding.as_bytes());
@@ -750,9 +751,9 @@ async fn measure(name: &str, store: &DynStore, tasks: usize) {
         h.await.unwrap();
     }
     let secs = started.elapsed().as_secs_f64();
-    let n = (MESSAGES / BATCH) * BATCH;
+    let n = (MESSAGES / batch_size) * batch_size;
     println!(
-        "{name}: {n} messages, batches of {BATCH}, {tasks} concurrent committer(s): {secs:.2} s, {:.0} msg/s",
+        "{name}: {n} messages, batches of {batch_size}, {tasks} concurrent committer(s): {secs:.2} s, {:.0} msg/s",
         n as f64 / secs
     );
 }

@@ -1,16 +1,23 @@
 //! PostgreSQL backend: one store shared by several Ferry instances.
 //!
-//! Every statement is a network round trip, so a batch is kept to a fixed handful: `BEGIN`, one
-//! idempotency lookup (only when the batch has keys), one stream-version lookup (only when it has
-//! events), one statement that inserts the inbound rows, idempotency records and events together
-//! (data-modifying CTEs), and `COMMIT`. Rows travel as one array per column and are expanded with
-//! `UNNEST`, so each statement's text is the same whatever the batch size: it is prepared once per
-//! connection and reused, and there is no bind-parameter limit to chunk around.
+//! Every statement is a network round trip, so a batch is kept to a fixed handful: one idempotency
+//! lookup (only when the batch has keys), one stream-version lookup (only when it has events), and
+//! one statement that inserts the inbound rows, idempotency records and events together
+//! (data-modifying CTEs). That statement is its own transaction: all of the batch or nothing, and
+//! it returns only after PostgreSQL committed it (`synchronous_commit = on`: flushed to disk), with
+//! no `BEGIN`/`COMMIT` round trips. The lookups read committed data before it; inside a READ
+//! COMMITTED transaction they would see exactly the same, so nothing is lost by that, and the races
+//! below are caught by the insert itself either way.
+//!
+//! Rows travel as one array per column and are expanded with `UNNEST`, so each statement's text is
+//! the same whatever the batch size: it is prepared once per connection and reused, and there is no
+//! bind-parameter limit to chunk around.
 //!
 //! Other instances may write concurrently. Two races are detected and reported, never papered over:
 //! * the same idempotency key inserted by another instance after our lookup: the insert skips it
-//!   (`ON CONFLICT DO NOTHING`), the count of inserted records comes up short, the batch is rolled
-//!   back and [`StoreError::IdempotencyRace`] returned (a retry then sees the record: `Duplicate`);
+//!   (`ON CONFLICT DO NOTHING`), the count of inserted records comes up short, the statement raises
+//!   (see `migrations/postgres/0002_batch_guard.sql`), the batch is rolled back and
+//!   [`StoreError::IdempotencyRace`] returned (a retry then sees the record: `Duplicate`);
 //! * an append to the same stream after our version lookup: the unique constraint on
 //!   (hospital_id, stream_id, stream_version) fails and becomes a [`StoreError::VersionConflict`].
 
@@ -20,7 +27,7 @@ use std::str::FromStr;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{PgConnection, Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -31,11 +38,21 @@ use super::{
 };
 
 /// The migrations of `migrations/postgres`, embedded in the binary (see [`plan::migrator`]).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/postgres/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/postgres/0001_initial.sql"),
+    ),
+    (
+        2,
+        "batch_guard",
+        include_str!("../../migrations/postgres/0002_batch_guard.sql"),
+    ),
+];
+
+/// SQLSTATE raised by `ferry_check_idempotency_inserted` (migration 0002).
+const SQLSTATE_IDEMPOTENCY_RACE: &str = "FE001";
 
 /// Finds the idempotency records of a list of keys (given as four parallel arrays).
 const LOOKUP_IDEMPOTENCY: &str = "SELECT i.hospital_id, i.sending_application, \
@@ -50,7 +67,8 @@ const LOOKUP_VERSIONS: &str = "SELECT k.hospital_id, k.stream_id, \
       WHERE e.hospital_id = k.hospital_id AND e.stream_id = k.stream_id) AS version \
      FROM UNNEST($1::text[], $2::text[]) AS k (hospital_id, stream_id)";
 
-/// Inserts a whole batch in one statement and returns how many idempotency records went in.
+/// Inserts a whole batch in one statement; fails with SQLSTATE FE001 (rolling everything back) when
+/// fewer idempotency records went in than the `$30` sent.
 /// UUIDs and JSON travel as text arrays and are cast here (sqlx is built without its uuid feature).
 /// The foreign key idempotency.inbound_id → inbound_messages.id is checked at the end of the
 /// statement, when the sibling CTE's inbound rows exist.
@@ -76,7 +94,7 @@ const INSERT_BATCH: &str = "WITH inbound AS ( \
          $29::text[]) WITH ORDINALITY AS e (h, s, v, t, sv, p, m, n) \
        ORDER BY n \
      ) \
-     SELECT count(*) FROM idem";
+     SELECT ferry_check_idempotency_inserted($30, (SELECT count(*) FROM idem))";
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`; the pool does the synchronisation.
 #[derive(Debug, Clone)]
@@ -101,55 +119,45 @@ impl PostgresStore {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin().await?;
-        match write_batch(&mut tx, batch).await {
-            Ok(outcomes) => {
-                tx.commit().await?;
-                Ok(outcomes)
-            }
-            Err(BatchError::Store(e)) => {
-                let _ = tx.rollback().await;
-                Err(e)
-            }
+        let mut conn = self.pool.acquire().await?;
+        match write_batch(&mut conn, batch).await {
+            Ok(outcomes) => Ok(outcomes),
+            Err(BatchError::Store(e)) => Err(e),
             Err(BatchError::ConcurrentAppend(err, streams)) => {
-                let _ = tx.rollback().await;
-                Err(self.describe_concurrent_append(err, &streams).await)
+                Err(describe_concurrent_append(&mut conn, err, &streams).await)
             }
         }
     }
-
-    /// After a unique violation on events: find a stream that moved since we read it and report
-    /// its version now. `streams` holds (hospital, stream, version read, expected) per stream.
-    async fn describe_concurrent_append(
-        &self,
-        err: sqlx::Error,
-        streams: &[(String, String, i64, String)],
-    ) -> StoreError {
-        let pairs: Vec<(&str, &str)> = streams
-            .iter()
-            .map(|(h, s, _, _)| (h.as_str(), s.as_str()))
-            .collect();
-        let Ok(mut conn) = self.pool.acquire().await else {
-            return StoreError::Database(err);
-        };
-        let Ok(now) = lookup_versions(&mut conn, &pairs).await else {
-            return StoreError::Database(err);
-        };
-        streams
-            .iter()
-            .find_map(|(h, s, read, expected)| {
-                let actual = now.get(&(h.clone(), s.clone())).copied().unwrap_or(0);
-                (actual != *read).then(|| StoreError::VersionConflict {
-                    stream_id: s.clone(),
-                    expected: expected.clone(),
-                    actual,
-                })
-            })
-            .unwrap_or(StoreError::Database(err))
-    }
 }
 
-/// Why a batch failed inside the transaction.
+/// After a unique violation on events: find a stream that moved since we read it and report
+/// its version now. `streams` holds (hospital, stream, version read, expected) per stream.
+async fn describe_concurrent_append(
+    conn: &mut PgConnection,
+    err: sqlx::Error,
+    streams: &[(String, String, i64, String)],
+) -> StoreError {
+    let pairs: Vec<(&str, &str)> = streams
+        .iter()
+        .map(|(h, s, _, _)| (h.as_str(), s.as_str()))
+        .collect();
+    let Ok(now) = lookup_versions(conn, &pairs).await else {
+        return StoreError::Database(err);
+    };
+    streams
+        .iter()
+        .find_map(|(h, s, read, expected)| {
+            let actual = now.get(&(h.clone(), s.clone())).copied().unwrap_or(0);
+            (actual != *read).then(|| StoreError::VersionConflict {
+                stream_id: s.clone(),
+                expected: expected.clone(),
+                actual,
+            })
+        })
+        .unwrap_or(StoreError::Database(err))
+}
+
+/// Why a batch failed.
 enum BatchError {
     Store(StoreError),
     /// Unique violation on events: another instance appended to one of these streams.
@@ -168,9 +176,9 @@ impl From<sqlx::Error> for BatchError {
     }
 }
 
-/// Everything of one batch inside the open transaction.
+/// The lookups, then the one statement that writes (and commits) the batch.
 async fn write_batch(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut PgConnection,
     batch: &[IngestWrite],
 ) -> Result<Vec<IngestOutcome>, BatchError> {
     let keys: Vec<&IdempotencyKey> = batch
@@ -203,18 +211,22 @@ async fn write_batch(
         .filter_map(|w| w.idempotency.as_ref())
         .collect();
 
-    let query = bind_batch(sqlx::query(INSERT_BATCH), &stored, &records, &events)?;
-    let inserted: i64 = match query.fetch_one(&mut **tx).await {
-        Ok(row) => get(&row, 0, "count(idempotency)")?,
-        Err(err) if is_event_conflict(&err) => {
-            return Err(BatchError::ConcurrentAppend(err, first_per_stream(&events)));
-        }
-        Err(err) => return Err(err.into()),
-    };
-    if inserted != records.len() as i64 {
-        return Err(StoreError::IdempotencyRace.into());
+    if stored.is_empty() {
+        // All duplicates: nothing to write.
+        return Ok(outcomes);
     }
-    Ok(outcomes)
+    let query = bind_batch(sqlx::query(INSERT_BATCH), &stored, &records, &events)?
+        .bind(records.len() as i64);
+    // fetch_one reads the response up to ReadyForQuery, i.e. past the commit of this statement's
+    // implicit transaction: Ok here means durable.
+    match query.fetch_one(&mut *tx).await {
+        Ok(_) => Ok(outcomes),
+        Err(err) if is_idempotency_race(&err) => Err(StoreError::IdempotencyRace.into()),
+        Err(err) if is_event_conflict(&err) => {
+            Err(BatchError::ConcurrentAppend(err, first_per_stream(&events)))
+        }
+        Err(err) => Err(err.into()),
+    }
 }
 
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
@@ -294,6 +306,10 @@ fn bind_batch<'q>(
         .bind(metadata))
 }
 
+fn is_idempotency_race(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some(SQLSTATE_IDEMPOTENCY_RACE))
+}
+
 fn is_event_conflict(err: &sqlx::Error) -> bool {
     matches!(err, sqlx::Error::Database(db)
         if db.is_unique_violation() && db.constraint() == Some("events_stream_version_unique"))
@@ -319,7 +335,7 @@ fn first_per_stream(events: &[PlannedEvent<'_>]) -> Vec<(String, String, i64, St
 }
 
 async fn lookup_idempotency(
-    tx: &mut Transaction<'static, Postgres>,
+    tx: &mut PgConnection,
     keys: &[&IdempotencyKey],
 ) -> Result<Vec<IdempotencyRecord>, StoreError> {
     let field = |f: fn(&IdempotencyKey) -> &String| -> Vec<&str> {
@@ -330,13 +346,13 @@ async fn lookup_idempotency(
         .bind(field(|k| &k.sending_application))
         .bind(field(|k| &k.sending_facility))
         .bind(field(|k| &k.control_id))
-        .fetch_all(&mut **tx)
+        .fetch_all(&mut *tx)
         .await?;
     rows.iter().map(idempotency_from_row).collect()
 }
 
 async fn lookup_versions(
-    conn: &mut sqlx::PgConnection,
+    conn: &mut PgConnection,
     streams: &[(&str, &str)],
 ) -> Result<HashMap<(String, String), i64>, StoreError> {
     let rows = sqlx::query(LOOKUP_VERSIONS)

@@ -84,6 +84,12 @@ impl SqliteStore {
             .foreign_keys(true)
             .busy_timeout(BUSY_TIMEOUT)
             .synchronous(SqliteSynchronous::Full)
+            // Checkpoint the WAL into the database every ~40 MB instead of every ~4 MB: each
+            // checkpoint costs fsyncs, and at 100 kB per batch the default means one every ~40
+            // commits. Durability is unchanged (commits are durable in the WAL); the WAL file grows
+            // larger between checkpoints and is truncated back to 64 MB at most afterwards.
+            .pragma("wal_autocheckpoint", "10000")
+            .pragma("journal_size_limit", "67108864")
             // Batches of different sizes are different statements; keep them all prepared.
             .statement_cache_capacity(512);
         let in_memory = url.contains(":memory:") || url.contains("mode=memory");
