@@ -55,11 +55,19 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
 const SQLSTATE_IDEMPOTENCY_RACE: &str = "FE001";
 
 /// Finds the idempotency records of a list of keys (given as four parallel arrays).
+///
+/// Written as a LATERAL subquery with LIMIT so that the plan is one primary-key lookup per key
+/// whatever the statistics: a plain join, prepared while the table was small, kept a cached generic
+/// plan that scanned the whole table (measured: 7 ms per lookup at 20,000 rows, growing with it).
 const LOOKUP_IDEMPOTENCY: &str = "SELECT i.hospital_id, i.sending_application, \
      i.sending_facility, i.control_id, i.content_hash, i.ack, i.inbound_id::text AS inbound_id \
      FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[]) \
          AS k (hospital_id, sending_application, sending_facility, control_id) \
-     JOIN idempotency AS i USING (hospital_id, sending_application, sending_facility, control_id)";
+     CROSS JOIN LATERAL ( \
+         SELECT * FROM idempotency AS x \
+         WHERE x.hospital_id = k.hospital_id AND x.sending_application = k.sending_application \
+           AND x.sending_facility = k.sending_facility AND x.control_id = k.control_id \
+         LIMIT 1) AS i";
 
 /// Current version (NULL when absent) of a list of streams (two parallel arrays).
 const LOOKUP_VERSIONS: &str = "SELECT k.hospital_id, k.stream_id, \
