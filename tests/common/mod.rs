@@ -1,0 +1,133 @@
+//! Test harness shared by the integration tests: fresh, migrated stores of both backends.
+//!
+//! * [`sqlite_store`]: a new database file in a temporary folder (kept alive by the returned guard).
+//! * [`postgres_store`]: a new database on the server named by `FERRY_TEST_POSTGRES_URL` (start a
+//!   throwaway one with `.ci/pg-start`), dropped again when the returned [`PgTestDb`] is dropped.
+//!   Without that variable the PostgreSQL tests are skipped with a message, except under `CI=true`,
+//!   where they fail: CI must not go green without having run them.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use ferry::store::postgres::PostgresStore;
+use ferry::store::sqlite::SqliteStore;
+use ferry::store::{ConnectOptions, DynStore, EventStore};
+use sqlx::{Connection, PgConnection};
+use tempfile::TempDir;
+
+/// A migrated SQLite store in a fresh temporary folder; keep the `TempDir` alive while using it.
+pub async fn sqlite_store() -> (DynStore, TempDir) {
+    let dir = tempfile::tempdir().expect("temporary folder");
+    // A sub-folder that does not exist yet: connect must create it.
+    let url = format!("sqlite://{}/data/ferry.db", dir.path().display());
+    let store = SqliteStore::connect(&url, &ConnectOptions::default())
+        .await
+        .expect("open sqlite store");
+    store.migrate().await.expect("migrate sqlite store");
+    (Arc::new(store), dir)
+}
+
+/// A database of its own on the test PostgreSQL server, dropped (best effort) on drop.
+pub struct PgTestDb {
+    /// A migrated store on the database.
+    pub store: DynStore,
+    /// URL of the test database, to open further stores ("other Ferry instances") on it.
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl PgTestDb {
+    /// Another store (own pool) on the same database, as a second Ferry instance would have.
+    pub async fn another_store(&self) -> DynStore {
+        let store = PostgresStore::connect(&self.url, &ConnectOptions::default())
+            .await
+            .expect("open second postgres store");
+        Arc::new(store)
+    }
+}
+
+impl Drop for PgTestDb {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot be blocked on: use a thread with its
+        // own small runtime. WITH (FORCE) ends the pools' connections still open.
+        let admin_url = self.admin_url.clone();
+        let sql = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect(&admin_url).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The admin URL of the test server, or `None` (after saying so) when PostgreSQL tests are skipped.
+pub fn postgres_admin_url() -> Option<String> {
+    match std::env::var("FERRY_TEST_POSTGRES_URL") {
+        Ok(url) if !url.is_empty() => Some(url),
+        _ => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!(
+                    "FERRY_TEST_POSTGRES_URL is not set but CI=true: the PostgreSQL tests must run \
+                     in CI (start a server with .ci/pg-start and export its URL)"
+                );
+            }
+            eprintln!("FERRY_TEST_POSTGRES_URL not set: skipping PostgreSQL test");
+            None
+        }
+    }
+}
+
+/// A migrated PostgreSQL store on a fresh database, or `None` when PostgreSQL tests are skipped.
+pub async fn postgres_store() -> Option<PgTestDb> {
+    let admin_url = postgres_admin_url()?;
+    let name = format!("ferry_t_{}", uuid::Uuid::now_v7().simple());
+    let mut admin = PgConnection::connect(&admin_url)
+        .await
+        .expect("connect to FERRY_TEST_POSTGRES_URL");
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut admin)
+        .await
+        .expect("create test database");
+    let _ = admin.close().await;
+    let url = database_url(&admin_url, &name);
+    let store = PostgresStore::connect(&url, &ConnectOptions::default())
+        .await
+        .expect("open postgres store");
+    let db = PgTestDb {
+        store: Arc::new(store),
+        url,
+        admin_url,
+        name,
+    };
+    db.store.migrate().await.expect("migrate postgres store");
+    Some(db)
+}
+
+/// `admin_url` with its database (the path) replaced by `name`, query string kept.
+fn database_url(admin_url: &str, name: &str) -> String {
+    let (base, query) = match admin_url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (admin_url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let base = match base[authority_start..].find('/') {
+        Some(i) => &base[..authority_start + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{base}/{name}?{q}"),
+        None => format!("{base}/{name}"),
+    }
+}
