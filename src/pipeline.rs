@@ -123,7 +123,16 @@ impl Ingest {
                     },
                 };
                 return self
-                    .reject(ctx, peer, received_at, payload, None, None, &header, rejection)
+                    .reject(
+                        ctx,
+                        peer,
+                        received_at,
+                        payload,
+                        None,
+                        None,
+                        &header,
+                        rejection,
+                    )
                     .await;
             }
         };
@@ -147,11 +156,22 @@ impl Ingest {
                 error: AckError::new(
                     ErrorCode::DataTypeError,
                     None,
-                    format!("the message contains a NUL character (at byte {at}), which HL7 v2 text cannot contain"),
+                    format!(
+                        "the message contains a NUL character (at byte {at}), which HL7 v2 text cannot contain"
+                    ),
                 ),
             };
             return self
-                .reject(ctx, peer, received_at, payload, None, Some(charset), &header, rejection)
+                .reject(
+                    ctx,
+                    peer,
+                    received_at,
+                    payload,
+                    None,
+                    Some(charset),
+                    &header,
+                    rejection,
+                )
                 .await;
         }
         let message = match Message::parse(text) {
@@ -160,7 +180,16 @@ impl Ingest {
                 let header = AckHeader::from_raw(text);
                 let rejection = classify_parse_error(&e);
                 return self
-                    .reject(ctx, peer, received_at, payload, Some(text), Some(charset), &header, rejection)
+                    .reject(
+                        ctx,
+                        peer,
+                        received_at,
+                        payload,
+                        Some(text),
+                        Some(charset),
+                        &header,
+                        rejection,
+                    )
                     .await;
             }
         };
@@ -171,7 +200,16 @@ impl Ingest {
                 error,
             };
             return self
-                .reject(ctx, peer, received_at, payload, Some(text), Some(charset), &header, rejection)
+                .reject(
+                    ctx,
+                    peer,
+                    received_at,
+                    payload,
+                    Some(text),
+                    Some(charset),
+                    &header,
+                    rejection,
+                )
                 .await;
         }
         self.accept(ctx, peer, received_at, payload, &message, charset, &header)
@@ -203,7 +241,16 @@ impl Ingest {
         };
         let decoded = (!text.contains('\0')).then_some(text.as_ref());
         let mut reply = self
-            .reject(ctx, peer, received_at, head, decoded, None, &header, rejection)
+            .reject(
+                ctx,
+                peer,
+                received_at,
+                head,
+                decoded,
+                None,
+                &header,
+                rejection,
+            )
             .await;
         if !readable {
             reply.ack = None;

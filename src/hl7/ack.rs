@@ -269,7 +269,11 @@ pub struct AckError {
 }
 
 impl AckError {
-    pub fn new(code: ErrorCode, location: Option<ErrorLocation>, diagnostic: impl Into<String>) -> Self {
+    pub fn new(
+        code: ErrorCode,
+        location: Option<ErrorLocation>,
+        diagnostic: impl Into<String>,
+    ) -> Self {
         Self {
             location,
             code,
@@ -527,7 +531,12 @@ pub fn build_ack(
         if legacy_err {
             // ERR-1 (ELD), the only ERR field before 2.5: segment^sequence^field^code&text&table.
             if let Some(loc) = &error.location {
-                let _ = write!(out, "{}{cs}{}{cs}", escape(&loc.segment, seps), loc.occurrence);
+                let _ = write!(
+                    out,
+                    "{}{cs}{}{cs}",
+                    escape(&loc.segment, seps),
+                    loc.occurrence
+                );
                 if let Some(field) = loc.field {
                     let _ = write!(out, "{field}");
                 }
@@ -590,9 +599,7 @@ pub fn summarize_ack(text: &str) -> Option<AckSummary> {
     let message = Message::parse(text).ok()?;
     let msa = message.segment("MSA")?;
     let value = |seg: &super::parse::Segment<'_, '_>, n: usize| -> String {
-        seg.field(n)
-            .map(|f| f.raw().to_owned())
-            .unwrap_or_default()
+        seg.field(n).map(|f| f.raw().to_owned()).unwrap_or_default()
     };
     let mut summary = AckSummary {
         code: AckCode::parse(&value(&msa, 1)),
@@ -609,12 +616,17 @@ pub fn summarize_ack(text: &str) -> Option<AckSummary> {
             .unwrap_or_default();
         summary.error_codes.push(code);
         summary.error_locations.push(value(&seg, 2));
-        summary
-            .diagnostics
-            .push(seg.field(8).map(|f| f.decoded().into_owned()).unwrap_or_default());
+        summary.diagnostics.push(
+            seg.field(8)
+                .map(|f| f.decoded().into_owned())
+                .unwrap_or_default(),
+        );
     }
     if summary.diagnostics.is_empty() {
-        let text = msa.field(3).map(|f| f.decoded().into_owned()).unwrap_or_default();
+        let text = msa
+            .field(3)
+            .map(|f| f.decoded().into_owned())
+            .unwrap_or_default();
         if !text.is_empty() {
             summary.diagnostics.push(text);
         }
@@ -661,7 +673,10 @@ mod tests {
         );
         let ack = build_ack(&h, AckCode::AE, &[err], "F2", NOW);
         let lines: Vec<&str> = ack.split('\r').collect();
-        assert_eq!(lines[0], "MSH|^~\\&|C|D|A|B|20261122083005+0000||ACK^O01^ACK|F2|T|2.6");
+        assert_eq!(
+            lines[0],
+            "MSH|^~\\&|C|D|A|B|20261122083005+0000||ACK^O01^ACK|F2|T|2.6"
+        );
         assert_eq!(
             lines[1],
             "MSA|AE|X9|PID-3 (patient identifier list) is required \\F\\ missing"
@@ -684,7 +699,11 @@ mod tests {
     #[test]
     fn old_versions_also_get_err_1() {
         let h = header("MSH|^~\\&|A|B|C|D|20260101||ADT^A08|1|P|2.3\r");
-        let err = AckError::new(ErrorCode::UnsupportedVersionId, Some(ErrorLocation::msh(12)), "x");
+        let err = AckError::new(
+            ErrorCode::UnsupportedVersionId,
+            Some(ErrorLocation::msh(12)),
+            "x",
+        );
         let ack = build_ack(&h, AckCode::AR, &[err], "F", NOW);
         assert!(ack.contains("\rERR|MSH^1^12^203&Unsupported version id&HL70357|MSH^1^12|203^"));
         // 2.3 predates the message structure component.
@@ -726,11 +745,18 @@ mod tests {
             let h = header(&format!(
                 "MSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5|||{msh15}|AL\r"
             ));
-            assert_eq!(h.mode.code_for(disposition), expected, "{msh15} {disposition:?}");
+            assert_eq!(
+                h.mode.code_for(disposition),
+                expected,
+                "{msh15} {disposition:?}"
+            );
         }
         let h = header("MSH|^~\\&|A|B|C|D|20260101||ADT^A01|1|P|2.5||||NE\r");
         assert_eq!(h.mode.code_for(Disposition::Accept), Some(AckCode::CA));
-        assert_eq!(AckMode::Original.code_for(Disposition::Reject), Some(AckCode::AR));
+        assert_eq!(
+            AckMode::Original.code_for(Disposition::Reject),
+            Some(AckCode::AR)
+        );
     }
 
     #[test]

@@ -112,7 +112,11 @@ async fn gather(
     Some(batch)
 }
 
-async fn worker(store: DynStore, rx: Arc<Mutex<mpsc::Receiver<Request>>>, config: GroupCommitConfig) {
+async fn worker(
+    store: DynStore,
+    rx: Arc<Mutex<mpsc::Receiver<Request>>>,
+    config: GroupCommitConfig,
+) {
     while let Some(batch) = gather(&rx, config).await {
         let (writes, replies): (Vec<IngestWrite>, Vec<_>) =
             batch.into_iter().map(|r| (r.write, r.reply)).unzip();
@@ -157,13 +161,21 @@ async fn commit_with_retry(
                     .collect();
             }
             Err(StoreError::IdempotencyRace) if attempt < 4 => {
-                tracing::debug!(attempt, "Idempotency race with another writer; retrying batch.");
+                tracing::debug!(
+                    attempt,
+                    "Idempotency race with another writer; retrying batch."
+                );
                 continue;
             }
             // One write's conflict, or a row the database refuses, fails the whole transaction:
             // commit each write alone so that one poison message does not fail its neighbours.
-            Err(StoreError::VersionConflict { .. } | StoreError::Database(_)) if writes.len() > 1 => {
-                tracing::debug!(batch = writes.len(), "Batch failed; committing its writes one by one.");
+            Err(StoreError::VersionConflict { .. } | StoreError::Database(_))
+                if writes.len() > 1 =>
+            {
+                tracing::debug!(
+                    batch = writes.len(),
+                    "Batch failed; committing its writes one by one."
+                );
                 let mut out = Vec::with_capacity(writes.len());
                 for w in writes {
                     out.extend(Box::pin(commit_with_retry(store, std::slice::from_ref(w))).await);
