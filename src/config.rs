@@ -228,11 +228,13 @@ impl Settings {
     /// process environment).
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
         fn addr(name: &'static str, value: String) -> Result<SocketAddr, ConfigError> {
-            value.parse().map_err(|e: std::net::AddrParseError| ConfigError::Env {
-                name,
-                value,
-                reason: e.to_string(),
-            })
+            value
+                .parse()
+                .map_err(|e: std::net::AddrParseError| ConfigError::Env {
+                    name,
+                    value,
+                    reason: e.to_string(),
+                })
         }
         if let Some(v) = var("FERRY_MLLP_LISTEN") {
             let listen = addr("FERRY_MLLP_LISTEN", v)?;
@@ -384,8 +386,9 @@ mod tests {
             s.apply_env(|n| (n == "FERRY_HTTP_LISTEN").then(|| "nope".to_string()))
                 .is_err()
         );
-        let s = Settings::from_toml("[[listeners]]\ntype = \"mllp\"\ncharset_fallback = \"klingon\"\n")
-            .unwrap();
+        let s =
+            Settings::from_toml("[[listeners]]\ntype = \"mllp\"\ncharset_fallback = \"klingon\"\n")
+                .unwrap();
         assert!(s.validate().is_err());
     }
 }

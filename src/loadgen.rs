@@ -154,15 +154,20 @@ pub async fn run(options: &LoadOptions, templates: Vec<Vec<u8>>) -> Result<LoadR
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for c in 0..connections {
-        let count = options.messages / connections + usize::from(c < options.messages % connections);
+        let count =
+            options.messages / connections + usize::from(c < options.messages % connections);
         let templates = templates.clone();
         let to = options.to.clone();
         let timeout = options.timeout;
         let run_id = run_id.clone();
         tasks.spawn(async move {
-            let mut client = MllpClient::connect(&to, timeout)
-                .await
-                .map_err(|source| LoadError::Client { connection: c, source })?;
+            let mut client =
+                MllpClient::connect(&to, timeout)
+                    .await
+                    .map_err(|source| LoadError::Client {
+                        connection: c,
+                        source,
+                    })?;
             let mut report = LoadReport::default();
             let mut latencies = Vec::with_capacity(count);
             for i in 0..count {
@@ -175,7 +180,10 @@ pub async fn run(options: &LoadOptions, templates: Vec<Vec<u8>>) -> Result<LoadR
                 let ack = client
                     .request(&message)
                     .await
-                    .map_err(|source| LoadError::Client { connection: c, source })?;
+                    .map_err(|source| LoadError::Client {
+                        connection: c,
+                        source,
+                    })?;
                 latencies.push(t0.elapsed());
                 report.sent += 1;
                 report.bytes_sent += message.len();

@@ -73,7 +73,10 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ferry: cannot start the async runtime: {e}");
@@ -193,10 +196,14 @@ async fn send(files: Vec<PathBuf>, to: &str, timeout: Duration) -> anyhow::Resul
     let mut naks = 0usize;
     let mut sent = 0usize;
     for file in files {
-        let data = std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        let data =
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
         let messages = split_messages(&data);
         if messages.is_empty() {
-            eprintln!("ferry send: {}: no HL7 message (no MSH segment) found", file.display());
+            eprintln!(
+                "ferry send: {}: no HL7 message (no MSH segment) found",
+                file.display()
+            );
             naks += 1;
             continue;
         }
@@ -230,7 +237,10 @@ async fn send(files: Vec<PathBuf>, to: &str, timeout: Duration) -> anyhow::Resul
             }
         }
     }
-    eprintln!("ferry send: {sent} sent, {} accepted, {naks} not accepted", sent.saturating_sub(naks));
+    eprintln!(
+        "ferry send: {sent} sent, {} accepted, {naks} not accepted",
+        sent.saturating_sub(naks)
+    );
     Ok(if naks == 0 {
         ExitCode::SUCCESS
     } else {

@@ -8,7 +8,10 @@ use crate::config::{LogFormat, LogSettings};
 /// Installs the global subscriber. Safe to call more than once (later calls do nothing).
 pub fn init(settings: &LogSettings) {
     let filter = EnvFilter::try_new(&settings.filter).unwrap_or_else(|e| {
-        eprintln!("ferry: invalid log filter {:?} ({e}); using \"info\"", settings.filter);
+        eprintln!(
+            "ferry: invalid log filter {:?} ({e}); using \"info\"",
+            settings.filter
+        );
         EnvFilter::new("info")
     });
     let builder = tracing_subscriber::fmt()

@@ -125,7 +125,9 @@ async fn crash_and_recover(url: String) {
 
     // Restart on the same store: every ACKed control ID is there exactly once.
     let server = spawn_server(&config).await;
-    let store = ferry::store::connect(&url, &ConnectOptions::default()).await.unwrap();
+    let store = ferry::store::connect(&url, &ConnectOptions::default())
+        .await
+        .unwrap();
     for id in &acked {
         let rows = store.inbound_by_control_id("crash", id).await.unwrap();
         assert_eq!(rows.len(), 1, "{id} stored {} times", rows.len());
@@ -137,7 +139,9 @@ async fn crash_and_recover(url: String) {
     for c in 0..CONNECTIONS {
         let addr = server.mllp;
         resenders.spawn(async move {
-            let mut client = MllpClient::connect(addr, Duration::from_secs(10)).await.unwrap();
+            let mut client = MllpClient::connect(addr, Duration::from_secs(10))
+                .await
+                .unwrap();
             for i in 0..PER_CONNECTION {
                 let ack = client.request(&message(c, i)).await.unwrap();
                 let s = summarize_ack(&String::from_utf8_lossy(&ack)).unwrap();
@@ -165,7 +169,12 @@ async fn crash_and_recover(url: String) {
                 control_id: id.clone(),
             };
             let record = store.idempotency(&key).await.unwrap().expect("record");
-            assert_eq!(record.inbound_id, rows[0].id, "{id} (acked before: {})", acked.contains(&id));
+            assert_eq!(
+                record.inbound_id,
+                rows[0].id,
+                "{id} (acked before: {})",
+                acked.contains(&id)
+            );
         }
     }
 

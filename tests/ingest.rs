@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use ferry::app::App;
 use ferry::config::{ListenerSettings, MllpListenerSettings, Settings};
-use ferry::hl7::ack::{AckCode, AckHeader, AckSummary, Disposition, expects_accept_ack, summarize_ack};
+use ferry::hl7::ack::{
+    AckCode, AckHeader, AckSummary, Disposition, expects_accept_ack, summarize_ack,
+};
 use ferry::mllp::client::{ClientError, MllpClient};
 use ferry::store::{DynStore, IdempotencyKey, InboundStatus};
 
@@ -72,7 +74,11 @@ fn summary(ack: &[u8]) -> AckSummary {
 }
 
 fn fixture(name: &str) -> Vec<u8> {
-    std::fs::read(format!("{}/fixtures/hl7v2/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    std::fs::read(format!(
+        "{}/fixtures/hl7v2/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
 }
 
 fn msh_field(message: &[u8], n: usize) -> String {
@@ -118,7 +124,11 @@ async fn corpus_twice(backend: Backend) {
         .iter()
         .map(|p| (p.display().to_string(), std::fs::read(p).unwrap()))
         .collect();
-    assert!(messages.len() >= 700, "corpus too small: {}", messages.len());
+    assert!(
+        messages.len() >= 700,
+        "corpus too small: {}",
+        messages.len()
+    );
 
     // The oracle: the corpus reuses control IDs across different messages (sample data), which
     // Ferry must answer with AE 205 after the first; empty MSH-10 gets AR 101.
@@ -147,7 +157,8 @@ async fn corpus_twice(backend: Backend) {
         let mut lanes: Vec<Vec<usize>> = vec![Vec::new(); CONNECTIONS];
         for (i, (_, m)) in messages.iter().enumerate() {
             let k = key(m);
-            let h = k.sending_application.len() * 31 + k.control_id.bytes().map(usize::from).sum::<usize>();
+            let h = k.sending_application.len() * 31
+                + k.control_id.bytes().map(usize::from).sum::<usize>();
             lanes[h % CONNECTIONS].push(i);
         }
         lanes
@@ -167,7 +178,9 @@ async fn corpus_twice(backend: Backend) {
                 for i in lane {
                     let (name, m) = &messages[i];
                     let code = match &expected[i] {
-                        Expect::Accepted(c) | Expect::NoControlId(c) | Expect::DuplicateKey(c) => *c,
+                        Expect::Accepted(c) | Expect::NoControlId(c) | Expect::DuplicateKey(c) => {
+                            *c
+                        }
                     };
                     let Some(code) = code else {
                         // No ACK by protocol (MSH-15 NE/ER). The next ACK on this connection
@@ -175,9 +188,17 @@ async fn corpus_twice(backend: Backend) {
                         client.send(m).await.unwrap();
                         continue;
                     };
-                    let ack = client.request(m).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+                    let ack = client
+                        .request(m)
+                        .await
+                        .unwrap_or_else(|e| panic!("{name}: {e}"));
                     let s = summary(&ack);
-                    assert_eq!(s.code, Some(code), "{name}: {:?}", String::from_utf8_lossy(&ack));
+                    assert_eq!(
+                        s.code,
+                        Some(code),
+                        "{name}: {:?}",
+                        String::from_utf8_lossy(&ack)
+                    );
                     assert_eq!(s.control_id, msh_field(m, 10), "{name}: MSA-2");
                     match &expected[i] {
                         Expect::Accepted(_) => assert!(s.error_codes.is_empty(), "{name}"),
@@ -221,7 +242,10 @@ async fn corpus_twice(backend: Backend) {
 
     // Rows: one accepted inbound row and one idempotency record per accepted message, whatever
     // the resends; rejected messages logged on each pass; raw bytes kept exactly.
-    let accepted = expected.iter().filter(|e| matches!(e, Expect::Accepted(_))).count();
+    let accepted = expected
+        .iter()
+        .filter(|e| matches!(e, Expect::Accepted(_)))
+        .count();
     let rejected = expected.len() - accepted;
     let store = &app.store;
     let counts = store.counts().await.unwrap();
@@ -232,7 +256,11 @@ async fn corpus_twice(backend: Backend) {
         if !matches!(expected[i], Expect::Accepted(_)) {
             continue;
         }
-        let record = store.idempotency(&key(m)).await.unwrap().unwrap_or_else(|| panic!("{name}"));
+        let record = store
+            .idempotency(&key(m))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{name}"));
         let row = store.inbound(record.inbound_id).await.unwrap().unwrap();
         assert_eq!(row.raw, *m, "{name}: raw bytes");
         assert_eq!(row.status, InboundStatus::Accepted);
@@ -274,10 +302,16 @@ async fn negative_corpus(backend: Backend) {
     for (n, file) in files.iter().enumerate() {
         let name = file.display().to_string();
         let bytes = std::fs::read(file).unwrap();
-        let ack = client.request(&bytes).await.unwrap_or_else(|e| panic!("{name}: {e}"));
+        let ack = client
+            .request(&bytes)
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         let s = summary(&ack);
         assert!(
-            matches!(s.code, Some(AckCode::AE | AckCode::AR | AckCode::CE | AckCode::CR)),
+            matches!(
+                s.code,
+                Some(AckCode::AE | AckCode::AR | AckCode::CE | AckCode::CR)
+            ),
             "{name} got {:?}",
             String::from_utf8_lossy(&ack)
         );
@@ -326,13 +360,19 @@ async fn resends_and_header_errors(backend: Backend) {
         "sender and receiver swapped: {text}"
     );
     assert!(text.contains("||ACK^A01^ACK|"), "{text}");
-    assert!(text.contains("|P|2.5.1||||||UNICODE UTF-8\rMSA|AA|FIX-A01-0001\r"), "{text}");
+    assert!(
+        text.contains("|P|2.5.1||||||UNICODE UTF-8\rMSA|AA|FIX-A01-0001\r"),
+        "{text}"
+    );
     let before = app.store.counts().await.unwrap();
 
     // Same content again, also with LF line endings: byte-identical ACK, nothing written.
     let again = client.request(&a01).await.unwrap();
     assert_eq!(again, first);
-    let lf: Vec<u8> = a01.iter().map(|b| if *b == b'\r' { b'\n' } else { *b }).collect();
+    let lf: Vec<u8> = a01
+        .iter()
+        .map(|b| if *b == b'\r' { b'\n' } else { *b })
+        .collect();
     assert_eq!(client.request(&lf).await.unwrap(), first);
     // From another connection too.
     let mut other = connect(&app).await;
@@ -340,7 +380,9 @@ async fn resends_and_header_errors(backend: Backend) {
     assert_eq!(app.store.counts().await.unwrap(), before);
 
     // Same key, different content: AE 205 at MSH-10, the message logged as rejected.
-    let changed = String::from_utf8(a01.clone()).unwrap().replace("19700101", "19700102");
+    let changed = String::from_utf8(a01.clone())
+        .unwrap()
+        .replace("19700101", "19700102");
     let s = summary(&client.request(changed.as_bytes()).await.unwrap());
     assert_eq!(s.code, Some(AckCode::AE));
     assert_eq!(s.error_codes, vec!["205"]);
@@ -361,12 +403,32 @@ async fn resends_and_header_errors(backend: Backend) {
     // Header problems are the sender's: AR with the field located.
     let cases: &[(&str, &str, &str)] = &[
         ("MSH|^~\\&|A|B|C|D|2026|||H1|P|2.5\r", "101", "MSH^1^9"),
-        ("MSH|^~\\&|A|B|C|D|2026||ADT^A01||P|2.5\r", "101", "MSH^1^10"),
-        ("MSH|^~\\&|A|B|C|D|2026||ADT^A01|H3|P|3.0\r", "203", "MSH^1^12"),
+        (
+            "MSH|^~\\&|A|B|C|D|2026||ADT^A01||P|2.5\r",
+            "101",
+            "MSH^1^10",
+        ),
+        (
+            "MSH|^~\\&|A|B|C|D|2026||ADT^A01|H3|P|3.0\r",
+            "203",
+            "MSH^1^12",
+        ),
         ("MSH|^~\\&|A|B|C|D|2026||ADT^A01|H4|P|\r", "101", "MSH^1^12"),
-        ("MSH|^~\\&|A|B|C|D|2026||{}^A01|H5|P|2.5\r", "200", "MSH^1^9^1^1"),
-        ("MSH|^~\\&|A|B|C|D|2026||ADT^A01|H6|0|2.5\r", "202", "MSH^1^11"),
-        ("MSH|^~\\\\&|A|B|C|D|2026||ADT^A01|H7|P|2.5\r", "102", "MSH^1^2"),
+        (
+            "MSH|^~\\&|A|B|C|D|2026||{}^A01|H5|P|2.5\r",
+            "200",
+            "MSH^1^9^1^1",
+        ),
+        (
+            "MSH|^~\\&|A|B|C|D|2026||ADT^A01|H6|0|2.5\r",
+            "202",
+            "MSH^1^11",
+        ),
+        (
+            "MSH|^~\\\\&|A|B|C|D|2026||ADT^A01|H7|P|2.5\r",
+            "102",
+            "MSH^1^2",
+        ),
     ];
     for (message, code, location) in cases {
         let s = summary(&client.request(message.as_bytes()).await.unwrap());
@@ -395,20 +457,38 @@ async fn resends_and_header_errors(backend: Backend) {
         .await
         .unwrap();
     assert_eq!(rows[0].raw, latin1);
-    assert!(rows[0].decoded.as_deref().unwrap().contains("François^René"));
+    assert!(
+        rows[0]
+            .decoded
+            .as_deref()
+            .unwrap()
+            .contains("François^René")
+    );
     assert_eq!(rows[0].charset.as_deref(), Some("8859/1"));
 
     // Enhanced mode: MSH-15 AL → commit ACK CA.
     let enhanced = fixture("orm_o01_enhanced.hl7");
     assert!(expects_accept_ack(&enhanced));
-    assert_eq!(summary(&client.request(&enhanced).await.unwrap()).code, Some(AckCode::CA));
+    assert_eq!(
+        summary(&client.request(&enhanced).await.unwrap()).code,
+        Some(AckCode::CA)
+    );
     // MSH-15 NE: nothing is sent, but the message is committed before the next one's ACK.
     let ne = b"MSH|^~\\&|A|B|C|D|2026||ADT^A01|NE-1|P|2.5|||NE|NE\r";
     client.send(ne).await.unwrap();
-    let s = summary(&client.request(b"MSH|^~\\&|A|B|C|D|2026||ADT^A01|NE-2|P|2.5\r").await.unwrap());
+    let s = summary(
+        &client
+            .request(b"MSH|^~\\&|A|B|C|D|2026||ADT^A01|NE-2|P|2.5\r")
+            .await
+            .unwrap(),
+    );
     assert_eq!(s.control_id, "NE-2");
     assert_eq!(
-        app.store.inbound_by_control_id("hospital-a", "NE-1").await.unwrap().len(),
+        app.store
+            .inbound_by_control_id("hospital-a", "NE-1")
+            .await
+            .unwrap()
+            .len(),
         1
     );
     app.shutdown().await;
@@ -442,31 +522,54 @@ async fn garbage_split_frames_and_pipelining() {
         .filter(|b| *b != 0x0b)
         .collect();
     client.send_raw(&noise).await.unwrap();
-    assert_eq!(summary(&client.request(&a01).await.unwrap()).code, Some(AckCode::AA));
+    assert_eq!(
+        summary(&client.request(&a01).await.unwrap()).code,
+        Some(AckCode::AA)
+    );
     // Two frames in one write: two ACKs, in order.
     let m1 = ferry::loadgen::with_control_id(&a01, "PIPE-1").unwrap();
     let m2 = ferry::loadgen::with_control_id(&a01, "PIPE-2").unwrap();
     let mut both = ferry::mllp::codec::frame(&m1);
     both.extend(ferry::mllp::codec::frame(&m2));
     client.send_raw(&both).await.unwrap();
-    assert_eq!(summary(&client.receive().await.unwrap()).control_id, "PIPE-1");
-    assert_eq!(summary(&client.receive().await.unwrap()).control_id, "PIPE-2");
+    assert_eq!(
+        summary(&client.receive().await.unwrap()).control_id,
+        "PIPE-1"
+    );
+    assert_eq!(
+        summary(&client.receive().await.unwrap()).control_id,
+        "PIPE-2"
+    );
     // One frame trickled a byte at a time.
     let m3 = ferry::loadgen::with_control_id(&a01, "TRICKLE").unwrap();
     for b in ferry::mllp::codec::frame(&m3) {
         client.send_raw(&[b]).await.unwrap();
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    assert_eq!(summary(&client.receive().await.unwrap()).control_id, "TRICKLE");
+    assert_eq!(
+        summary(&client.receive().await.unwrap()).control_id,
+        "TRICKLE"
+    );
     // A truncated frame then close: nothing stored, the server goes on.
     let mut cut = connect(&app).await;
     let m4 = ferry::loadgen::with_control_id(&a01, "CUT").unwrap();
-    cut.send_raw(&ferry::mllp::codec::frame(&m4)[..100]).await.unwrap();
+    cut.send_raw(&ferry::mllp::codec::frame(&m4)[..100])
+        .await
+        .unwrap();
     drop(cut);
     let mut after = connect(&app).await;
     let m5 = ferry::loadgen::with_control_id(&a01, "AFTER").unwrap();
-    assert_eq!(summary(&after.request(&m5).await.unwrap()).code, Some(AckCode::AA));
-    assert!(app.store.inbound_by_control_id("hospital-a", "CUT").await.unwrap().is_empty());
+    assert_eq!(
+        summary(&after.request(&m5).await.unwrap()).code,
+        Some(AckCode::AA)
+    );
+    assert!(
+        app.store
+            .inbound_by_control_id("hospital-a", "CUT")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     app.shutdown().await;
 }
 
@@ -508,14 +611,23 @@ async fn slow_sender_is_cut_at_the_idle_timeout() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     if !closed {
-        assert!(matches!(slow.receive().await, Err(ClientError::Closed | ClientError::Mllp(_))));
+        assert!(matches!(
+            slow.receive().await,
+            Err(ClientError::Closed | ClientError::Mllp(_))
+        ));
     }
     assert!(started.elapsed() < Duration::from_secs(10));
     // Others are served meanwhile and after.
     let mut fast = connect(&app).await;
     let s = summary(&fast.request(&fixture("adt_a01_utf8.hl7")).await.unwrap());
     assert_eq!(s.code, Some(AckCode::AA));
-    assert!(app.store.inbound_by_control_id("hospital-a", "SLOW").await.unwrap().is_empty());
+    assert!(
+        app.store
+            .inbound_by_control_id("hospital-a", "SLOW")
+            .await
+            .unwrap()
+            .is_empty()
+    );
     app.shutdown().await;
 }
 
@@ -528,14 +640,26 @@ async fn connection_limit() {
     let a01 = fixture("adt_a01_utf8.hl7");
     let mut c1 = connect(&app).await;
     let mut c2 = connect(&app).await;
-    assert_eq!(summary(&c1.request(&a01).await.unwrap()).code, Some(AckCode::AA));
-    assert_eq!(summary(&c2.request(&a01).await.unwrap()).code, Some(AckCode::AA));
+    assert_eq!(
+        summary(&c1.request(&a01).await.unwrap()).code,
+        Some(AckCode::AA)
+    );
+    assert_eq!(
+        summary(&c2.request(&a01).await.unwrap()).code,
+        Some(AckCode::AA)
+    );
     let mut c3 = connect(&app).await;
-    assert!(c3.request(&a01).await.is_err(), "third connection must be closed");
+    assert!(
+        c3.request(&a01).await.is_err(),
+        "third connection must be closed"
+    );
     drop(c1);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let mut c4 = connect(&app).await;
-    assert_eq!(summary(&c4.request(&a01).await.unwrap()).code, Some(AckCode::AA));
+    assert_eq!(
+        summary(&c4.request(&a01).await.unwrap()).code,
+        Some(AckCode::AA)
+    );
     app.shutdown().await;
 }
 
@@ -546,9 +670,11 @@ async fn connection_limit() {
 async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n").as_bytes())
-        .await
-        .unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
     let status = out
@@ -579,7 +705,11 @@ async fn health_and_graceful_shutdown() {
     // Stopped accepting, and what was ACKed is stored.
     assert!(tokio::net::TcpStream::connect(mllp).await.is_err());
     assert_eq!(
-        store.inbound_by_control_id("hospital-a", "FIX-A01-0001").await.unwrap().len(),
+        store
+            .inbound_by_control_id("hospital-a", "FIX-A01-0001")
+            .await
+            .unwrap()
+            .len(),
         1
     );
 }
@@ -594,13 +724,20 @@ async fn store_unreachable_gives_ae_never_aa() {
     let app = App::start(&settings(&db.url, |_| {})).await.unwrap();
     let mut client = connect(&app).await;
     let a01 = fixture("adt_a01_utf8.hl7");
-    assert_eq!(summary(&client.request(&a01).await.unwrap()).code, Some(AckCode::AA));
+    assert_eq!(
+        summary(&client.request(&a01).await.unwrap()).code,
+        Some(AckCode::AA)
+    );
     drop_database(&db.url).await;
     let m = ferry::loadgen::with_control_id(&a01, "DOWN-1").unwrap();
     let s = summary(&client.request(&m).await.unwrap());
     assert_eq!(s.code, Some(AckCode::AE));
     assert_eq!(s.error_codes, vec!["207"]);
-    assert!(s.diagnostics[0].contains("resend it later"), "{:?}", s.diagnostics);
+    assert!(
+        s.diagnostics[0].contains("resend it later"),
+        "{:?}",
+        s.diagnostics
+    );
     assert_eq!(http_get(app.http_addr, "/health/ready").await.0, 503);
     app.shutdown().await;
 }
@@ -609,12 +746,21 @@ async fn store_unreachable_gives_ae_never_aa() {
 async fn drop_database(url: &str) {
     use sqlx::Connection;
     let admin = std::env::var("FERRY_TEST_POSTGRES_URL").unwrap();
-    let name = url.rsplit('/').next().unwrap().split('?').next().unwrap().to_owned();
+    let name = url
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .split('?')
+        .next()
+        .unwrap()
+        .to_owned();
     let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE {name} WITH (FORCE)")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
 }
 
 // Keep the unused-import lint quiet when PostgreSQL is skipped.

@@ -117,13 +117,17 @@ mod tests {
 
     #[test]
     fn splits_batches_and_line_endings() {
-        let text = "\u{feff}FHS|^~\\&\nBHS|^~\\&\nMSH|^~\\&|A\nPID|1\r\n\r\nMSH|^~\\&|B\rBTS|2\nFTS|1\n";
+        let text =
+            "\u{feff}FHS|^~\\&\nBHS|^~\\&\nMSH|^~\\&|A\nPID|1\r\n\r\nMSH|^~\\&|B\rBTS|2\nFTS|1\n";
         assert_eq!(
             split_messages(text.as_bytes()),
             vec![b"MSH|^~\\&|A\rPID|1\r".to_vec(), b"MSH|^~\\&|B\r".to_vec()]
         );
         assert!(split_messages(b"no message here").is_empty());
         // Non-UTF-8 bytes pass through untouched.
-        assert_eq!(split_messages(b"MSH|^~\\&|M\xfcller\n"), vec![b"MSH|^~\\&|M\xfcller\r".to_vec()]);
+        assert_eq!(
+            split_messages(b"MSH|^~\\&|M\xfcller\n"),
+            vec![b"MSH|^~\\&|M\xfcller\r".to_vec()]
+        );
     }
 }

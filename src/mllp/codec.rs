@@ -457,7 +457,12 @@ mod tests {
             let mut codec = MllpCodec::new(1 << 20);
             let (frames, _err) = decode_all(&mut codec, &[&wire]);
             assert!(frames.is_empty(), "{} produced {frames:?}", case["name"]);
-            assert_eq!(codec.discarded_bytes(), wire.len() as u64, "{}", case["name"]);
+            assert_eq!(
+                codec.discarded_bytes(),
+                wire.len() as u64,
+                "{}",
+                case["name"]
+            );
             checked += 1;
         }
         assert_eq!(checked, 9);

@@ -311,7 +311,9 @@ pub async fn connect(url: &str, options: &ConnectOptions) -> Result<DynStore, St
     if url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::connect(url, options).await?))
     } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(Arc::new(postgres::PostgresStore::connect(url, options).await?))
+        Ok(Arc::new(
+            postgres::PostgresStore::connect(url, options).await?,
+        ))
     } else {
         Err(StoreError::UnsupportedUrl(url.to_owned()))
     }
