@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::hl7::ack::{
-    AckCode, AckError, AckHeader, Disposition, ErrorCode, ErrorLocation, build_ack,
+    AckCode, AckError, AckHeader, AckMode, Disposition, ErrorCode, ErrorLocation, build_ack,
 };
 use crate::hl7::{Charset, DecodeError, DecodeOptions, Message, ParseError, decode, encode};
 use crate::store::group_commit::{CommitError, GroupCommitter};
@@ -96,43 +96,18 @@ impl Ingest {
     /// Processes one frame's payload and returns what to answer. Never panics on input and never
     /// returns an accepting ACK for something not committed.
     pub async fn handle(&self, ctx: &ListenerContext, peer: &str, payload: &[u8]) -> Reply {
-        let received_at = OffsetDateTime::now_utc();
+        let received = Received {
+            ctx,
+            peer,
+            at: OffsetDateTime::now_utc(),
+            payload,
+        };
         let decoded = match decode(payload, &ctx.decode) {
             Ok(d) => d,
             Err(e) => {
-                let text = String::from_utf8_lossy(payload);
-                let header = AckHeader::from_raw(&text);
-                let rejection = match &e {
-                    DecodeError::UnknownCharset { name } => Rejection {
-                        disposition: Disposition::Reject,
-                        error: AckError::new(
-                            ErrorCode::DataTypeError,
-                            Some(ErrorLocation::msh(18)),
-                            format!(
-                                "MSH-18 names the character set {name:?}, which Ferry does not support; use ASCII, 8859/1 or UNICODE UTF-8"
-                            ),
-                        ),
-                    },
-                    DecodeError::Invalid { .. } => Rejection {
-                        disposition: Disposition::Error,
-                        error: AckError::new(
-                            ErrorCode::DataTypeError,
-                            Some(ErrorLocation::msh(18)),
-                            format!("{e}; the message could not be read as text"),
-                        ),
-                    },
-                };
+                let header = AckHeader::from_raw(&String::from_utf8_lossy(payload));
                 return self
-                    .reject(
-                        ctx,
-                        peer,
-                        received_at,
-                        payload,
-                        None,
-                        None,
-                        &header,
-                        rejection,
-                    )
+                    .reject(&received, None, None, &header, decode_rejection(&e))
                     .await;
             }
         };
@@ -147,49 +122,18 @@ impl Ingest {
         }
         let text: &str = &decoded.text;
         let charset = decoded.charset;
-        if let Some(at) = text.find('\0') {
+        let parsed = match text.find('\0') {
             // NUL is no HL7 character, and PostgreSQL text cannot hold it: refuse the message,
-            // keeping its raw bytes, before it can fail a shared commit.
-            let header = AckHeader::from_raw(text);
-            let rejection = Rejection {
-                disposition: Disposition::Error,
-                error: AckError::new(
-                    ErrorCode::DataTypeError,
-                    None,
-                    format!(
-                        "the message contains a NUL character (at byte {at}), which HL7 v2 text cannot contain"
-                    ),
-                ),
-            };
-            return self
-                .reject(
-                    ctx,
-                    peer,
-                    received_at,
-                    payload,
-                    None,
-                    Some(charset),
-                    &header,
-                    rejection,
-                )
-                .await;
-        }
-        let message = match Message::parse(text) {
+            // keeping its raw bytes (but not the text), before it can reach a shared commit.
+            Some(at) => Err((None, nul_rejection(at))),
+            None => Message::parse(text).map_err(|e| (Some(text), classify_parse_error(&e))),
+        };
+        let message = match parsed {
             Ok(m) => m,
-            Err(e) => {
+            Err((kept_text, rejection)) => {
                 let header = AckHeader::from_raw(text);
-                let rejection = classify_parse_error(&e);
                 return self
-                    .reject(
-                        ctx,
-                        peer,
-                        received_at,
-                        payload,
-                        Some(text),
-                        Some(charset),
-                        &header,
-                        rejection,
-                    )
+                    .reject(&received, kept_text, Some(charset), &header, rejection)
                     .await;
             }
         };
@@ -200,20 +144,10 @@ impl Ingest {
                 error,
             };
             return self
-                .reject(
-                    ctx,
-                    peer,
-                    received_at,
-                    payload,
-                    Some(text),
-                    Some(charset),
-                    &header,
-                    rejection,
-                )
+                .reject(&received, Some(text), Some(charset), &header, rejection)
                 .await;
         }
-        self.accept(ctx, peer, received_at, payload, &message, charset, &header)
-            .await
+        self.accept(&received, &message, charset, &header).await
     }
 
     /// Answers a frame that exceeded the listener's maximum size: AR when its MSH can be read, then
@@ -225,7 +159,12 @@ impl Ingest {
         head: &[u8],
         max_frame_bytes: usize,
     ) -> Reply {
-        let received_at = OffsetDateTime::now_utc();
+        let received = Received {
+            ctx,
+            peer,
+            at: OffsetDateTime::now_utc(),
+            payload: head,
+        };
         let text = String::from_utf8_lossy(head);
         let header = AckHeader::from_raw(&text);
         let readable = header != AckHeader::unknown();
@@ -239,18 +178,9 @@ impl Ingest {
                 ),
             ),
         };
-        let decoded = (!text.contains('\0')).then_some(text.as_ref());
+        let kept_text = (!text.contains('\0')).then_some(text.as_ref());
         let mut reply = self
-            .reject(
-                ctx,
-                peer,
-                received_at,
-                head,
-                decoded,
-                None,
-                &header,
-                rejection,
-            )
+            .reject(&received, kept_text, None, &header, rejection)
             .await;
         if !readable {
             reply.ack = None;
@@ -259,22 +189,19 @@ impl Ingest {
         reply
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn accept(
         &self,
-        ctx: &ListenerContext,
-        peer: &str,
-        received_at: OffsetDateTime,
-        payload: &[u8],
+        received: &Received<'_>,
         message: &Message<'_>,
         charset: Charset,
         header: &AckHeader,
     ) -> Reply {
+        let ctx = received.ctx;
         let now = OffsetDateTime::now_utc();
         let send_code = header.mode.code_for(Disposition::Accept);
         let code = send_code.unwrap_or(match header.mode {
-            crate::hl7::ack::AckMode::Original => AckCode::AA,
-            crate::hl7::ack::AckMode::Enhanced { .. } => AckCode::CA,
+            AckMode::Original => AckCode::AA,
+            AckMode::Enhanced { .. } => AckCode::CA,
         });
         let ack_text = build_ack(header, code, &[], &self.ids.next(now), now);
         let ack_bytes = encode(&ack_text, charset).into_owned();
@@ -291,9 +218,9 @@ impl Ingest {
                 id: inbound_id,
                 hospital_id: ctx.hospital_id.clone(),
                 listener: ctx.name.clone(),
-                peer: peer.to_owned(),
-                received_at,
-                raw: payload.to_vec(),
+                peer: received.peer.to_owned(),
+                received_at: received.at,
+                raw: received.payload.to_vec(),
                 decoded: Some(message.text().to_owned()),
                 charset: Some(charset.hl7_name().to_owned()),
                 sending_application: Some(key.sending_application.clone()),
@@ -312,6 +239,7 @@ impl Ingest {
             }),
             events: Vec::new(),
         };
+        let peer = received.peer;
         match self.committer.commit(write).await {
             Ok(IngestOutcome::Stored) => {
                 tracing::debug!(listener = %ctx.name, peer, code = code.as_str(), "Message committed.");
@@ -343,10 +271,7 @@ impl Ingest {
                     ),
                 };
                 self.reject(
-                    ctx,
-                    peer,
-                    received_at,
-                    payload,
+                    received,
                     Some(message.text()),
                     Some(charset),
                     header,
@@ -360,18 +285,15 @@ impl Ingest {
 
     /// Logs a rejected message (raw bytes kept, no idempotency record, so a corrected resend is
     /// processed afresh) and builds its NAK.
-    #[allow(clippy::too_many_arguments)]
     async fn reject(
         &self,
-        ctx: &ListenerContext,
-        peer: &str,
-        received_at: OffsetDateTime,
-        payload: &[u8],
+        received: &Received<'_>,
         text: Option<&str>,
         charset: Option<Charset>,
         header: &AckHeader,
         rejection: Rejection,
     ) -> Reply {
+        let ctx = received.ctx;
         let now = OffsetDateTime::now_utc();
         let send_code = header.mode.code_for(rejection.disposition);
         let code = send_code.unwrap_or(match rejection.disposition {
@@ -388,7 +310,7 @@ impl Ingest {
         let ack_bytes = encode(&ack_text, charset.unwrap_or(Charset::Utf8)).into_owned();
         tracing::info!(
             listener = %ctx.name,
-            peer,
+            peer = received.peer,
             code = code.as_str(),
             error_code = rejection.error.code.code(),
             location = rejection.error.location.as_ref().map(|l| format!("{}-{}", l.segment, l.field.unwrap_or(0))).unwrap_or_default(),
@@ -400,15 +322,15 @@ impl Ingest {
                 id: Uuid::now_v7(),
                 hospital_id: ctx.hospital_id.clone(),
                 listener: ctx.name.clone(),
-                peer: peer.to_owned(),
-                received_at,
-                raw: payload.to_vec(),
+                peer: received.peer.to_owned(),
+                received_at: received.at,
+                raw: received.payload.to_vec(),
                 decoded: text.map(str::to_owned),
                 charset: charset.map(|c| c.hl7_name().to_owned()),
                 sending_application: non_empty(&header.sending_application),
                 sending_facility: non_empty(&header.sending_facility),
                 control_id: non_empty(&header.control_id),
-                message_type: text.and_then(|t| raw_msh9(t)).map(str::to_owned),
+                message_type: text.and_then(raw_msh9).map(str::to_owned),
                 status: InboundStatus::Rejected,
                 ack_code: send_code.map(|c| c.as_str().to_owned()),
                 error: Some(rejection.error.diagnostic.clone()),
@@ -425,6 +347,50 @@ impl Ingest {
             code,
             close: false,
         }
+    }
+}
+
+/// One received frame and where it came from.
+struct Received<'a> {
+    ctx: &'a ListenerContext,
+    peer: &'a str,
+    at: OffsetDateTime,
+    payload: &'a [u8],
+}
+
+fn decode_rejection(e: &DecodeError) -> Rejection {
+    match e {
+        DecodeError::UnknownCharset { name } => Rejection {
+            disposition: Disposition::Reject,
+            error: AckError::new(
+                ErrorCode::DataTypeError,
+                Some(ErrorLocation::msh(18)),
+                format!(
+                    "MSH-18 names the character set {name:?}, which Ferry does not support; use ASCII, 8859/1 or UNICODE UTF-8"
+                ),
+            ),
+        },
+        DecodeError::Invalid { .. } => Rejection {
+            disposition: Disposition::Error,
+            error: AckError::new(
+                ErrorCode::DataTypeError,
+                Some(ErrorLocation::msh(18)),
+                format!("{e}; the message could not be read as text"),
+            ),
+        },
+    }
+}
+
+fn nul_rejection(at: usize) -> Rejection {
+    Rejection {
+        disposition: Disposition::Error,
+        error: AckError::new(
+            ErrorCode::DataTypeError,
+            None,
+            format!(
+                "the message contains a NUL character (at byte {at}), which HL7 v2 text cannot contain"
+            ),
+        ),
     }
 }
 

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# End-to-end durable ingest benchmark, as recorded in BENCHMARKS.md:
+#   ferry serve (release) on SQLite and on PostgreSQL, and python-hl7's asyncio MLLP server (the
+#   peer, which stores nothing), each loaded by `ferry bench mllp` in the same run.
+# Usage: benches/ingest.sh [MESSAGES] [CONNECTIONS]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+messages=${1:-50000}
+connections=${2:-8}
+work=$(mktemp -d /tmp/ferry-bench.XXXXXX)
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  if [ -f "$work/pgdir" ]; then .ci/pg-stop "$(cat "$work/pgdir")" || true; fi
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+cargo build --release --bin ferry >&2
+ferry=target/release/ferry
+
+if [ ! -x "$work/venv/bin/python" ]; then
+  python3 -m venv "$work/venv" >&2
+  "$work/venv/bin/pip" install -q hl7 >&2
+fi
+
+start() { # name, then the command; waits for its "listening on" line
+  local name=$1; shift
+  "$@" >"$work/$name.out" 2>"$work/$name.err" &
+  pids+=($!)
+  for _ in $(seq 1 100); do
+    if grep -q "mllp listening on" "$work/$name.out"; then break; fi
+    sleep 0.1
+  done
+  grep "mllp listening on" "$work/$name.out" | head -n 1 | awk '{print $NF}'
+}
+
+run() { # label, address
+  echo "== $1"
+  "$ferry" bench mllp --to "$2" --connections "$connections" --messages "$messages"
+}
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r)"
+echo "commit: $(git rev-parse --short HEAD)"
+
+sqlite_addr=$(FERRY_LOG=warn FERRY_DATABASE_URL="sqlite://$work/sqlite/ferry.db" \
+  FERRY_MLLP_LISTEN=127.0.0.1:0 FERRY_HTTP_LISTEN=127.0.0.1:0 start sqlite "$ferry" serve)
+run "ferry, SQLite (WAL, synchronous=FULL)" "$sqlite_addr"
+
+pg_url=$(PGDIR_FILE="$work/pgdir" .ci/pg-start)
+# pg-start initialises with --no-sync for speed; the server itself runs with fsync=on and
+# synchronous_commit=on (the defaults), so every commit is durable.
+pg_addr=$(FERRY_LOG=warn FERRY_DATABASE_URL="$pg_url" \
+  FERRY_MLLP_LISTEN=127.0.0.1:0 FERRY_HTTP_LISTEN=127.0.0.1:0 start postgres "$ferry" serve)
+run "ferry, PostgreSQL 15 (fsync=on, synchronous_commit=on)" "$pg_addr"
+
+peer_addr=$(start peer "$work/venv/bin/python" benches/peers/python_hl7_server.py 127.0.0.1 0)
+run "peer: python-hl7 asyncio MLLP server (stores nothing)" "$peer_addr"
