@@ -46,6 +46,7 @@ both_backends!(
     duplicates_append_no_events,
     tenants_are_isolated,
     concurrent_commits_all_succeed,
+    nul_characters_in_text_are_refused_alike,
 );
 
 /// Microsecond precision: what both backends keep.
@@ -853,4 +854,30 @@ async fn sqlite_bad_values_are_reported_as_corrupt() {
         Err(StoreError::Corrupt(msg)) => assert!(msg.contains("payload"), "{msg}"),
         other => panic!("expected Corrupt, got {other:?}"),
     }
+}
+
+/// PostgreSQL TEXT/JSONB cannot hold U+0000; both backends refuse it the same way (raw bytes may
+/// contain NUL, see `every_column_reads_back_byte_exact`).
+async fn nul_characters_in_text_are_refused_alike(store: DynStore) {
+    let ok = accepted("H1", "N0");
+    let mut bad_text = accepted("H1", "N1");
+    bad_text.inbound.decoded = Some("MSH|^~\\&|A\0B\r".into());
+    let r = store.commit_ingest(&[ok.clone(), bad_text]).await;
+    match r {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("decoded"), "{msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let bad_json = with_events(
+        accepted("H1", "N2"),
+        vec![NewEvent {
+            payload: json!({"name": ["x\u{0}y"]}),
+            ..event("s", ExpectedVersion::Any, 1)
+        }],
+    );
+    let r = store.commit_ingest(&[ok, bad_json]).await;
+    match r {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("payload"), "{msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(counts(&store).await, StoreCounts::default());
 }

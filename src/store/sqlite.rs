@@ -165,6 +165,7 @@ async fn write_batch(
     tx: &mut Transaction<'static, Sqlite>,
     batch: &[IngestWrite],
 ) -> Result<Vec<IngestOutcome>, StoreError> {
+    plan::check_storable(batch)?;
     let keys: Vec<&IdempotencyKey> = batch
         .iter()
         .filter_map(|w| w.idempotency.as_ref().map(|r| &r.key))
@@ -644,6 +645,83 @@ pub(super) mod plan {
                 },
             })
             .collect()
+    }
+
+    /// Refuses a batch with a NUL character in any text column or JSON string, on both backends
+    /// alike: PostgreSQL's TEXT and JSONB cannot hold U+0000, and a store that accepted on SQLite
+    /// what it refuses on PostgreSQL would make the backends behave differently. Raw bytes (BYTEA)
+    /// may contain anything. Not transient: retrying the same batch fails the same way.
+    pub(crate) fn check_storable(batch: &[IngestWrite]) -> Result<(), StoreError> {
+        fn text(value: &str, column: &str, id: &uuid::Uuid) -> Result<(), StoreError> {
+            if value.contains('\0') {
+                return Err(StoreError::Corrupt(format!(
+                    "{column} of inbound message {id} contains a NUL character, which the store \
+                     cannot hold as text"
+                )));
+            }
+            Ok(())
+        }
+        fn json(
+            value: &serde_json::Value,
+            column: &str,
+            id: &uuid::Uuid,
+        ) -> Result<(), StoreError> {
+            match value {
+                serde_json::Value::String(s) => text(s, column, id),
+                serde_json::Value::Array(items) => {
+                    items.iter().try_for_each(|v| json(v, column, id))
+                }
+                serde_json::Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+                    text(k, column, id)?;
+                    json(v, column, id)
+                }),
+                _ => Ok(()),
+            }
+        }
+        for w in batch {
+            let m = &w.inbound;
+            let id = &m.id;
+            for (value, column) in [
+                (Some(&m.hospital_id), "inbound_messages.hospital_id"),
+                (Some(&m.listener), "inbound_messages.listener"),
+                (Some(&m.peer), "inbound_messages.peer"),
+                (m.decoded.as_ref(), "inbound_messages.decoded"),
+                (m.charset.as_ref(), "inbound_messages.charset"),
+                (
+                    m.sending_application.as_ref(),
+                    "inbound_messages.sending_application",
+                ),
+                (
+                    m.sending_facility.as_ref(),
+                    "inbound_messages.sending_facility",
+                ),
+                (m.control_id.as_ref(), "inbound_messages.control_id"),
+                (m.message_type.as_ref(), "inbound_messages.message_type"),
+                (m.ack_code.as_ref(), "inbound_messages.ack_code"),
+                (m.error.as_ref(), "inbound_messages.error"),
+            ] {
+                if let Some(value) = value {
+                    text(value, column, id)?;
+                }
+            }
+            if let Some(r) = &w.idempotency {
+                text(
+                    &r.key.sending_application,
+                    "idempotency.sending_application",
+                    id,
+                )?;
+                text(&r.key.sending_facility, "idempotency.sending_facility", id)?;
+                text(&r.key.control_id, "idempotency.control_id", id)?;
+                text(&r.key.hospital_id, "idempotency.hospital_id", id)?;
+            }
+            for e in &w.events {
+                text(&e.stream_id, "events.stream_id", id)?;
+                text(&e.event_type, "events.event_type", id)?;
+                json(&e.payload, "events.payload", id)?;
+                json(&e.metadata, "events.metadata", id)?;
+            }
+        }
+        Ok(())
     }
 
     /// The distinct (hospital_id, stream_id) pairs the stored writes append to, in first-use order.
