@@ -47,6 +47,7 @@ both_backends!(
     tenants_are_isolated,
     concurrent_commits_all_succeed,
     nul_characters_in_text_are_refused_alike,
+    batch_beyond_bind_parameter_limits,
 );
 
 /// Microsecond precision: what both backends keep.
@@ -880,4 +881,31 @@ async fn nul_characters_in_text_are_refused_alike(store: DynStore) {
         other => panic!("expected Corrupt, got {other:?}"),
     }
     assert_eq!(counts(&store).await, StoreCounts::default());
+}
+
+/// 3,000 writes: more inbound rows than one SQLite statement may bind (32,766 / 15 columns), so
+/// the SQLite backend must split the inserts; everything still lands, with duplicates detected.
+async fn batch_beyond_bind_parameter_limits(store: DynStore) {
+    let mut batch: Vec<IngestWrite> = (0..3000)
+        .map(|i| {
+            with_events(
+                accepted("H1", &format!("BIG-{i}")),
+                vec![event("big", ExpectedVersion::Any, i)],
+            )
+        })
+        .collect();
+    batch.push(accepted("H1", "BIG-7"));
+    let outcomes = store.commit_ingest(&batch).await.unwrap();
+    assert!(outcomes[..3000].iter().all(|o| *o == IngestOutcome::Stored));
+    assert!(matches!(outcomes[3000], IngestOutcome::Duplicate { .. }));
+    assert_eq!(
+        counts(&store).await,
+        StoreCounts {
+            inbound: 3000,
+            idempotency: 3000,
+            events: 3000
+        }
+    );
+    let stream = store.read_stream("H1", "big").await.unwrap();
+    assert_eq!(stream.last().map(|e| e.stream_version), Some(3000));
 }

@@ -183,10 +183,12 @@ async fn write_batch(
         .filter(|(_, o)| matches!(o, IngestOutcome::Stored))
         .map(|(w, _)| w)
         .collect();
+    let records: Vec<&IdempotencyRecord> = stored
+        .iter()
+        .filter_map(|w| w.idempotency.as_ref())
+        .collect();
     let now = format_timestamp(OffsetDateTime::now_utc(), "recorded_at")?;
-    insert_inbound(tx, &stored).await?;
-    insert_idempotency(tx, &stored, &now).await?;
-    insert_events(tx, &events, &now).await?;
+    insert_rows(tx, &stored, &records, &events, &now).await?;
     Ok(outcomes)
 }
 
@@ -280,105 +282,153 @@ async fn lookup_versions(
     Ok(current)
 }
 
-async fn insert_inbound(
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// Writes the rows: when every table's rows fit one statement (any realistic batch), all inserts go
+/// to SQLite as one multi-statement query, i.e. one trip to sqlx's worker thread instead of three;
+/// otherwise table by table in chunks.
+async fn insert_rows(
     tx: &mut Transaction<'static, Sqlite>,
     stored: &[&IngestWrite],
-) -> Result<(), StoreError> {
-    for chunk in stored.chunks(rows_per_statement(INBOUND_COLUMN_COUNT)) {
-        let sql = multi_row_insert(
-            "inbound_messages",
-            INBOUND_COLUMNS,
-            INBOUND_COLUMN_COUNT,
-            chunk.len(),
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for w in chunk {
-            let m = &w.inbound;
-            query = query
-                .bind(m.id.hyphenated().to_string())
-                .bind(m.hospital_id.as_str())
-                .bind(m.listener.as_str())
-                .bind(m.peer.as_str())
-                .bind(format_timestamp(m.received_at, "received_at")?)
-                .bind(m.raw.as_slice())
-                .bind(m.decoded.as_deref())
-                .bind(m.charset.as_deref())
-                .bind(m.sending_application.as_deref())
-                .bind(m.sending_facility.as_deref())
-                .bind(m.control_id.as_deref())
-                .bind(m.message_type.as_deref())
-                .bind(m.status.as_str())
-                .bind(m.ack_code.as_deref())
-                .bind(m.error.as_deref());
-        }
-        query.execute(&mut **tx).await?;
-    }
-    Ok(())
-}
-
-async fn insert_idempotency(
-    tx: &mut Transaction<'static, Sqlite>,
-    stored: &[&IngestWrite],
-    now: &str,
-) -> Result<(), StoreError> {
-    let records: Vec<&IdempotencyRecord> = stored
-        .iter()
-        .filter_map(|w| w.idempotency.as_ref())
-        .collect();
-    for chunk in records.chunks(rows_per_statement(IDEMPOTENCY_COLUMN_COUNT)) {
-        let mut sql = multi_row_insert(
-            "idempotency",
-            IDEMPOTENCY_COLUMNS,
-            IDEMPOTENCY_COLUMN_COUNT,
-            chunk.len(),
-        );
-        // A concurrent writer cannot get in between with BEGIN IMMEDIATE, but if it ever did, the
-        // row count below catches it instead of a constraint error.
-        sql.push_str(" ON CONFLICT DO NOTHING");
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for r in chunk {
-            query = query
-                .bind(r.key.hospital_id.as_str())
-                .bind(r.key.sending_application.as_str())
-                .bind(r.key.sending_facility.as_str())
-                .bind(r.key.control_id.as_str())
-                .bind(r.content_hash.as_slice())
-                .bind(r.ack.as_slice())
-                .bind(r.inbound_id.hyphenated().to_string())
-                .bind(now);
-        }
-        let inserted = query.execute(&mut **tx).await?.rows_affected();
-        if inserted != chunk.len() as u64 {
-            return Err(StoreError::IdempotencyRace);
-        }
-    }
-    Ok(())
-}
-
-async fn insert_events(
-    tx: &mut Transaction<'static, Sqlite>,
+    records: &[&IdempotencyRecord],
     events: &[PlannedEvent<'_>],
     now: &str,
 ) -> Result<(), StoreError> {
-    for chunk in events.chunks(rows_per_statement(EVENT_COLUMN_COUNT)) {
-        let sql = multi_row_insert("events", EVENT_COLUMNS, EVENT_COLUMN_COUNT, chunk.len());
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for e in chunk {
-            query = query
-                .bind(e.hospital_id)
-                .bind(e.event.stream_id.as_str())
-                .bind(e.version)
-                .bind(e.event.event_type.as_str())
-                .bind(e.event.schema_version)
-                .bind(json_text(&e.event.payload, "payload")?)
-                .bind(json_text(&e.event.metadata, "metadata")?)
-                .bind(now);
+    let fits = stored.len() <= rows_per_statement(INBOUND_COLUMN_COUNT)
+        && records.len() <= rows_per_statement(IDEMPOTENCY_COLUMN_COUNT)
+        && events.len() <= rows_per_statement(EVENT_COLUMN_COUNT);
+    if !fits {
+        for chunk in stored.chunks(rows_per_statement(INBOUND_COLUMN_COUNT)) {
+            insert_statements(tx, chunk, &[], &[], now).await?;
         }
-        if let Err(err) = query.execute(&mut **tx).await {
-            return Err(plan::map_event_insert_error(err, chunk));
+        for chunk in records.chunks(rows_per_statement(IDEMPOTENCY_COLUMN_COUNT)) {
+            insert_statements(tx, &[], chunk, &[], now).await?;
         }
+        for chunk in events.chunks(rows_per_statement(EVENT_COLUMN_COUNT)) {
+            insert_statements(tx, &[], &[], chunk, now).await?;
+        }
+        return Ok(());
+    }
+    insert_statements(tx, stored, records, events, now).await
+}
+
+/// One query of up to three multi-row INSERTs (empty tables left out). SQLite binds the `?` of
+/// consecutive statements from one argument list, in order.
+async fn insert_statements(
+    tx: &mut Transaction<'static, Sqlite>,
+    stored: &[&IngestWrite],
+    records: &[&IdempotencyRecord],
+    events: &[PlannedEvent<'_>],
+    now: &str,
+) -> Result<(), StoreError> {
+    let mut sql = String::new();
+    if !stored.is_empty() {
+        sql.push_str(&multi_row_insert(
+            "inbound_messages",
+            INBOUND_COLUMNS,
+            INBOUND_COLUMN_COUNT,
+            stored.len(),
+        ));
+        sql.push_str(";\n");
+    }
+    if !records.is_empty() {
+        sql.push_str(&multi_row_insert(
+            "idempotency",
+            IDEMPOTENCY_COLUMNS,
+            IDEMPOTENCY_COLUMN_COUNT,
+            records.len(),
+        ));
+        // A concurrent writer cannot get in between with BEGIN IMMEDIATE, but if it ever did, the
+        // row count below catches it instead of a constraint error.
+        sql.push_str(" ON CONFLICT DO NOTHING;\n");
+    }
+    if !events.is_empty() {
+        sql.push_str(&multi_row_insert(
+            "events",
+            EVENT_COLUMNS,
+            EVENT_COLUMN_COUNT,
+            events.len(),
+        ));
+        sql.push_str(";\n");
+    }
+    if sql.is_empty() {
+        return Ok(());
+    }
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for w in stored {
+        query = bind_inbound(query, &w.inbound)?;
+    }
+    for r in records {
+        query = bind_idempotency(query, r, now);
+    }
+    for e in events {
+        query = bind_event(query, e, now)?;
+    }
+    let affected = match query.execute(&mut **tx).await {
+        Ok(result) => result.rows_affected(),
+        Err(err) => return Err(plan::map_event_insert_error(err, events)),
+    };
+    // Inbound rows and events either all go in or fail the statement; only idempotency records
+    // can be skipped (ON CONFLICT DO NOTHING).
+    let expected = (stored.len() + records.len() + events.len()) as u64;
+    if affected != expected {
+        return Err(StoreError::IdempotencyRace);
     }
     Ok(())
+}
+
+fn bind_inbound<'q>(
+    query: SqliteQuery<'q>,
+    m: &InboundRecord,
+) -> Result<SqliteQuery<'q>, StoreError> {
+    Ok(query
+        .bind(m.id.hyphenated().to_string())
+        .bind(m.hospital_id.as_str())
+        .bind(m.listener.as_str())
+        .bind(m.peer.as_str())
+        .bind(format_timestamp(m.received_at, "received_at")?)
+        .bind(m.raw.as_slice())
+        .bind(m.decoded.as_deref())
+        .bind(m.charset.as_deref())
+        .bind(m.sending_application.as_deref())
+        .bind(m.sending_facility.as_deref())
+        .bind(m.control_id.as_deref())
+        .bind(m.message_type.as_deref())
+        .bind(m.status.as_str())
+        .bind(m.ack_code.as_deref())
+        .bind(m.error.as_deref()))
+}
+
+fn bind_idempotency<'q>(
+    query: SqliteQuery<'q>,
+    r: &IdempotencyRecord,
+    now: &str,
+) -> SqliteQuery<'q> {
+    query
+        .bind(r.key.hospital_id.as_str())
+        .bind(r.key.sending_application.as_str())
+        .bind(r.key.sending_facility.as_str())
+        .bind(r.key.control_id.as_str())
+        .bind(r.content_hash.as_slice())
+        .bind(r.ack.as_slice())
+        .bind(r.inbound_id.hyphenated().to_string())
+        .bind(now.to_owned())
+}
+
+fn bind_event<'q>(
+    query: SqliteQuery<'q>,
+    e: &PlannedEvent<'_>,
+    now: &str,
+) -> Result<SqliteQuery<'q>, StoreError> {
+    Ok(query
+        .bind(e.hospital_id.to_owned())
+        .bind(e.event.stream_id.clone())
+        .bind(e.version)
+        .bind(e.event.event_type.clone())
+        .bind(e.event.schema_version)
+        .bind(json_text(&e.event.payload, "payload")?)
+        .bind(json_text(&e.event.metadata, "metadata")?)
+        .bind(now.to_owned()))
 }
 
 fn json_text(value: &serde_json::Value, column: &str) -> Result<String, StoreError> {
