@@ -48,6 +48,7 @@ both_backends!(
     concurrent_commits_all_succeed,
     nul_characters_in_text_are_refused_alike,
     batch_beyond_bind_parameter_limits,
+    reused_inbound_id_is_not_a_version_conflict,
 );
 
 /// Microsecond precision: what both backends keep.
@@ -908,4 +909,22 @@ async fn batch_beyond_bind_parameter_limits(store: DynStore) {
     );
     let stream = store.read_stream("H1", "big").await.unwrap();
     assert_eq!(stream.last().map(|e| e.stream_version), Some(3000));
+}
+
+/// Only the events' unique constraint means a version conflict; a reused inbound id (a caller bug)
+/// stays a database error, and the batch is rolled back.
+async fn reused_inbound_id_is_not_a_version_conflict(store: DynStore) {
+    let first = with_events(
+        rejected("H1", "ID"),
+        vec![event("s", ExpectedVersion::Any, 1)],
+    );
+    store
+        .commit_ingest(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    let before = counts(&store).await;
+    let again = with_events(first.clone(), vec![event("s", ExpectedVersion::Any, 2)]);
+    let r = store.commit_ingest(&[again]).await;
+    assert!(matches!(r, Err(StoreError::Database(_))), "{r:?}");
+    assert_eq!(counts(&store).await, before);
 }

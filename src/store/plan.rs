@@ -213,24 +213,3 @@ pub(crate) fn assign_versions<'a>(
     }
     Ok(planned)
 }
-
-/// A unique violation while inserting events means another writer appended to one of the
-/// streams after we read its version: report it as the version conflict it is.
-pub(crate) fn map_event_insert_error(err: sqlx::Error, events: &[PlannedEvent<'_>]) -> StoreError {
-    let unique = matches!(&err, sqlx::Error::Database(db) if db.is_unique_violation());
-    if !unique {
-        return StoreError::Database(err);
-    }
-    // Only reachable if a writer outside the store's write lock appended meanwhile (with
-    // BEGIN IMMEDIATE the SQLite backend reads versions under the lock, so in practice never).
-    // The driver does not say which row collided: name the first stream of the batch's events
-    // and the version this batch read for it.
-    match events.first() {
-        Some(first) => StoreError::VersionConflict {
-            stream_id: first.event.stream_id.clone(),
-            expected: first.event.expected_version.to_string(),
-            actual: first.version - 1,
-        },
-        None => StoreError::Database(err),
-    }
-}

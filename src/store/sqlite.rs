@@ -8,7 +8,8 @@
 //! Reads use a separate pool and, thanks to WAL, never wait for the writer.
 //!
 //! A batch becomes a handful of statements: one idempotency lookup, one stream-version lookup (only
-//! when the batch has events) and one multi-row INSERT per table. Group commit only pays off that way.
+//! when the batch has events) and one multi-row INSERT per table, the INSERTs sent together as one
+//! multi-statement query. Group commit only pays off that way.
 //!
 //! The batch planning shared with the PostgreSQL backend (duplicate detection, version assignment,
 //! input checks) lives in [`plan`] (`store/plan.rs`): plain Rust over the contract's types.
@@ -366,7 +367,7 @@ async fn insert_statements(
     }
     let affected = match query.execute(&mut **tx).await {
         Ok(result) => result.rows_affected(),
-        Err(err) => return Err(plan::map_event_insert_error(err, events)),
+        Err(err) => return Err(map_event_insert_error(err, events)),
     };
     // Inbound rows and events either all go in or fail the statement; only idempotency records
     // can be skipped (ON CONFLICT DO NOTHING).
@@ -429,6 +430,30 @@ fn bind_event<'q>(
         .bind(json_text(&e.event.payload, "payload")?)
         .bind(json_text(&e.event.metadata, "metadata")?)
         .bind(now.to_owned()))
+}
+
+/// A unique violation while inserting events means another writer appended to one of the
+/// streams after we read its version: report it as the version conflict it is.
+fn map_event_insert_error(err: sqlx::Error, events: &[PlannedEvent<'_>]) -> StoreError {
+    // SQLite names the columns, not the constraint: "UNIQUE constraint failed: events.hospital_id,
+    // events.stream_id, events.stream_version". Other unique violations stay database errors.
+    let unique = matches!(&err, sqlx::Error::Database(db)
+        if db.is_unique_violation() && db.message().contains("events.stream_version"));
+    if !unique {
+        return StoreError::Database(err);
+    }
+    // Only reachable if a writer outside the store's write lock appended meanwhile (with
+    // BEGIN IMMEDIATE the SQLite backend reads versions under the lock, so in practice never).
+    // The driver does not say which row collided: name the first stream of the batch's events
+    // and the version this batch read for it.
+    match events.first() {
+        Some(first) => StoreError::VersionConflict {
+            stream_id: first.event.stream_id.clone(),
+            expected: first.event.expected_version.to_string(),
+            actual: first.version - 1,
+        },
+        None => StoreError::Database(err),
+    }
 }
 
 fn json_text(value: &serde_json::Value, column: &str) -> Result<String, StoreError> {
