@@ -46,6 +46,9 @@ both_backends!(
     duplicates_append_no_events,
     tenants_are_isolated,
     concurrent_commits_all_succeed,
+    nul_characters_in_text_are_refused_alike,
+    batch_beyond_bind_parameter_limits,
+    reused_inbound_id_is_not_a_version_conflict,
 );
 
 /// Microsecond precision: what both backends keep.
@@ -853,4 +856,75 @@ async fn sqlite_bad_values_are_reported_as_corrupt() {
         Err(StoreError::Corrupt(msg)) => assert!(msg.contains("payload"), "{msg}"),
         other => panic!("expected Corrupt, got {other:?}"),
     }
+}
+
+/// PostgreSQL TEXT/JSONB cannot hold U+0000; both backends refuse it the same way (raw bytes may
+/// contain NUL, see `every_column_reads_back_byte_exact`).
+async fn nul_characters_in_text_are_refused_alike(store: DynStore) {
+    let ok = accepted("H1", "N0");
+    let mut bad_text = accepted("H1", "N1");
+    bad_text.inbound.decoded = Some("MSH|^~\\&|A\0B\r".into());
+    let r = store.commit_ingest(&[ok.clone(), bad_text]).await;
+    match r {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("decoded"), "{msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let bad_json = with_events(
+        accepted("H1", "N2"),
+        vec![NewEvent {
+            payload: json!({"name": ["x\u{0}y"]}),
+            ..event("s", ExpectedVersion::Any, 1)
+        }],
+    );
+    let r = store.commit_ingest(&[ok, bad_json]).await;
+    match r {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains("payload"), "{msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    assert_eq!(counts(&store).await, StoreCounts::default());
+}
+
+/// 3,000 writes: more inbound rows than one SQLite statement may bind (32,766 / 15 columns), so
+/// the SQLite backend must split the inserts; everything still lands, with duplicates detected.
+async fn batch_beyond_bind_parameter_limits(store: DynStore) {
+    let mut batch: Vec<IngestWrite> = (0..3000)
+        .map(|i| {
+            with_events(
+                accepted("H1", &format!("BIG-{i}")),
+                vec![event("big", ExpectedVersion::Any, i)],
+            )
+        })
+        .collect();
+    batch.push(accepted("H1", "BIG-7"));
+    let outcomes = store.commit_ingest(&batch).await.unwrap();
+    assert!(outcomes[..3000].iter().all(|o| *o == IngestOutcome::Stored));
+    assert!(matches!(outcomes[3000], IngestOutcome::Duplicate { .. }));
+    assert_eq!(
+        counts(&store).await,
+        StoreCounts {
+            inbound: 3000,
+            idempotency: 3000,
+            events: 3000
+        }
+    );
+    let stream = store.read_stream("H1", "big").await.unwrap();
+    assert_eq!(stream.last().map(|e| e.stream_version), Some(3000));
+}
+
+/// Only the events' unique constraint means a version conflict; a reused inbound id (a caller bug)
+/// stays a database error, and the batch is rolled back.
+async fn reused_inbound_id_is_not_a_version_conflict(store: DynStore) {
+    let first = with_events(
+        rejected("H1", "ID"),
+        vec![event("s", ExpectedVersion::Any, 1)],
+    );
+    store
+        .commit_ingest(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    let before = counts(&store).await;
+    let again = with_events(first.clone(), vec![event("s", ExpectedVersion::Any, 2)]);
+    let r = store.commit_ingest(&[again]).await;
+    assert!(matches!(r, Err(StoreError::Database(_))), "{r:?}");
+    assert_eq!(counts(&store).await, before);
 }

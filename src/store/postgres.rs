@@ -189,6 +189,7 @@ async fn write_batch(
     tx: &mut PgConnection,
     batch: &[IngestWrite],
 ) -> Result<Vec<IngestOutcome>, BatchError> {
+    plan::check_storable(batch)?;
     let keys: Vec<&IdempotencyKey> = batch
         .iter()
         .filter_map(|w| w.idempotency.as_ref().map(|r| &r.key))

@@ -8,10 +8,11 @@
 //! Reads use a separate pool and, thanks to WAL, never wait for the writer.
 //!
 //! A batch becomes a handful of statements: one idempotency lookup, one stream-version lookup (only
-//! when the batch has events) and one multi-row INSERT per table. Group commit only pays off that way.
+//! when the batch has events) and one multi-row INSERT per table, the INSERTs sent together as one
+//! multi-statement query. Group commit only pays off that way.
 //!
-//! The batch planning shared with the PostgreSQL backend (duplicate detection, version assignment)
-//! lives in [`plan`] at the end of this file: it is plain Rust over the contract's types.
+//! The batch planning shared with the PostgreSQL backend (duplicate detection, version assignment,
+//! input checks) lives in [`plan`] (`store/plan.rs`): plain Rust over the contract's types.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -165,6 +166,7 @@ async fn write_batch(
     tx: &mut Transaction<'static, Sqlite>,
     batch: &[IngestWrite],
 ) -> Result<Vec<IngestOutcome>, StoreError> {
+    plan::check_storable(batch)?;
     let keys: Vec<&IdempotencyKey> = batch
         .iter()
         .filter_map(|w| w.idempotency.as_ref().map(|r| &r.key))
@@ -182,10 +184,12 @@ async fn write_batch(
         .filter(|(_, o)| matches!(o, IngestOutcome::Stored))
         .map(|(w, _)| w)
         .collect();
+    let records: Vec<&IdempotencyRecord> = stored
+        .iter()
+        .filter_map(|w| w.idempotency.as_ref())
+        .collect();
     let now = format_timestamp(OffsetDateTime::now_utc(), "recorded_at")?;
-    insert_inbound(tx, &stored).await?;
-    insert_idempotency(tx, &stored, &now).await?;
-    insert_events(tx, &events, &now).await?;
+    insert_rows(tx, &stored, &records, &events, &now).await?;
     Ok(outcomes)
 }
 
@@ -279,105 +283,177 @@ async fn lookup_versions(
     Ok(current)
 }
 
-async fn insert_inbound(
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// Writes the rows: when every table's rows fit one statement (any realistic batch), all inserts go
+/// to SQLite as one multi-statement query, i.e. one trip to sqlx's worker thread instead of three;
+/// otherwise table by table in chunks.
+async fn insert_rows(
     tx: &mut Transaction<'static, Sqlite>,
     stored: &[&IngestWrite],
-) -> Result<(), StoreError> {
-    for chunk in stored.chunks(rows_per_statement(INBOUND_COLUMN_COUNT)) {
-        let sql = multi_row_insert(
-            "inbound_messages",
-            INBOUND_COLUMNS,
-            INBOUND_COLUMN_COUNT,
-            chunk.len(),
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for w in chunk {
-            let m = &w.inbound;
-            query = query
-                .bind(m.id.hyphenated().to_string())
-                .bind(m.hospital_id.as_str())
-                .bind(m.listener.as_str())
-                .bind(m.peer.as_str())
-                .bind(format_timestamp(m.received_at, "received_at")?)
-                .bind(m.raw.as_slice())
-                .bind(m.decoded.as_deref())
-                .bind(m.charset.as_deref())
-                .bind(m.sending_application.as_deref())
-                .bind(m.sending_facility.as_deref())
-                .bind(m.control_id.as_deref())
-                .bind(m.message_type.as_deref())
-                .bind(m.status.as_str())
-                .bind(m.ack_code.as_deref())
-                .bind(m.error.as_deref());
-        }
-        query.execute(&mut **tx).await?;
-    }
-    Ok(())
-}
-
-async fn insert_idempotency(
-    tx: &mut Transaction<'static, Sqlite>,
-    stored: &[&IngestWrite],
-    now: &str,
-) -> Result<(), StoreError> {
-    let records: Vec<&IdempotencyRecord> = stored
-        .iter()
-        .filter_map(|w| w.idempotency.as_ref())
-        .collect();
-    for chunk in records.chunks(rows_per_statement(IDEMPOTENCY_COLUMN_COUNT)) {
-        let mut sql = multi_row_insert(
-            "idempotency",
-            IDEMPOTENCY_COLUMNS,
-            IDEMPOTENCY_COLUMN_COUNT,
-            chunk.len(),
-        );
-        // A concurrent writer cannot get in between with BEGIN IMMEDIATE, but if it ever did, the
-        // row count below catches it instead of a constraint error.
-        sql.push_str(" ON CONFLICT DO NOTHING");
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for r in chunk {
-            query = query
-                .bind(r.key.hospital_id.as_str())
-                .bind(r.key.sending_application.as_str())
-                .bind(r.key.sending_facility.as_str())
-                .bind(r.key.control_id.as_str())
-                .bind(r.content_hash.as_slice())
-                .bind(r.ack.as_slice())
-                .bind(r.inbound_id.hyphenated().to_string())
-                .bind(now);
-        }
-        let inserted = query.execute(&mut **tx).await?.rows_affected();
-        if inserted != chunk.len() as u64 {
-            return Err(StoreError::IdempotencyRace);
-        }
-    }
-    Ok(())
-}
-
-async fn insert_events(
-    tx: &mut Transaction<'static, Sqlite>,
+    records: &[&IdempotencyRecord],
     events: &[PlannedEvent<'_>],
     now: &str,
 ) -> Result<(), StoreError> {
-    for chunk in events.chunks(rows_per_statement(EVENT_COLUMN_COUNT)) {
-        let sql = multi_row_insert("events", EVENT_COLUMNS, EVENT_COLUMN_COUNT, chunk.len());
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for e in chunk {
-            query = query
-                .bind(e.hospital_id)
-                .bind(e.event.stream_id.as_str())
-                .bind(e.version)
-                .bind(e.event.event_type.as_str())
-                .bind(e.event.schema_version)
-                .bind(json_text(&e.event.payload, "payload")?)
-                .bind(json_text(&e.event.metadata, "metadata")?)
-                .bind(now);
+    let fits = stored.len() <= rows_per_statement(INBOUND_COLUMN_COUNT)
+        && records.len() <= rows_per_statement(IDEMPOTENCY_COLUMN_COUNT)
+        && events.len() <= rows_per_statement(EVENT_COLUMN_COUNT);
+    if !fits {
+        for chunk in stored.chunks(rows_per_statement(INBOUND_COLUMN_COUNT)) {
+            insert_statements(tx, chunk, &[], &[], now).await?;
         }
-        if let Err(err) = query.execute(&mut **tx).await {
-            return Err(plan::map_event_insert_error(err, chunk));
+        for chunk in records.chunks(rows_per_statement(IDEMPOTENCY_COLUMN_COUNT)) {
+            insert_statements(tx, &[], chunk, &[], now).await?;
         }
+        for chunk in events.chunks(rows_per_statement(EVENT_COLUMN_COUNT)) {
+            insert_statements(tx, &[], &[], chunk, now).await?;
+        }
+        return Ok(());
+    }
+    insert_statements(tx, stored, records, events, now).await
+}
+
+/// One query of up to three multi-row INSERTs (empty tables left out). SQLite binds the `?` of
+/// consecutive statements from one argument list, in order.
+async fn insert_statements(
+    tx: &mut Transaction<'static, Sqlite>,
+    stored: &[&IngestWrite],
+    records: &[&IdempotencyRecord],
+    events: &[PlannedEvent<'_>],
+    now: &str,
+) -> Result<(), StoreError> {
+    let mut sql = String::new();
+    if !stored.is_empty() {
+        sql.push_str(&multi_row_insert(
+            "inbound_messages",
+            INBOUND_COLUMNS,
+            INBOUND_COLUMN_COUNT,
+            stored.len(),
+        ));
+        sql.push_str(";\n");
+    }
+    if !records.is_empty() {
+        sql.push_str(&multi_row_insert(
+            "idempotency",
+            IDEMPOTENCY_COLUMNS,
+            IDEMPOTENCY_COLUMN_COUNT,
+            records.len(),
+        ));
+        // A concurrent writer cannot get in between with BEGIN IMMEDIATE, but if it ever did, the
+        // row count below catches it instead of a constraint error.
+        sql.push_str(" ON CONFLICT DO NOTHING;\n");
+    }
+    if !events.is_empty() {
+        sql.push_str(&multi_row_insert(
+            "events",
+            EVENT_COLUMNS,
+            EVENT_COLUMN_COUNT,
+            events.len(),
+        ));
+        sql.push_str(";\n");
+    }
+    if sql.is_empty() {
+        return Ok(());
+    }
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for w in stored {
+        query = bind_inbound(query, &w.inbound)?;
+    }
+    for r in records {
+        query = bind_idempotency(query, r, now);
+    }
+    for e in events {
+        query = bind_event(query, e, now)?;
+    }
+    let affected = match query.execute(&mut **tx).await {
+        Ok(result) => result.rows_affected(),
+        Err(err) => return Err(map_event_insert_error(err, events)),
+    };
+    // Inbound rows and events either all go in or fail the statement; only idempotency records
+    // can be skipped (ON CONFLICT DO NOTHING).
+    let expected = (stored.len() + records.len() + events.len()) as u64;
+    if affected != expected {
+        return Err(StoreError::IdempotencyRace);
     }
     Ok(())
+}
+
+fn bind_inbound<'q>(
+    query: SqliteQuery<'q>,
+    m: &InboundRecord,
+) -> Result<SqliteQuery<'q>, StoreError> {
+    Ok(query
+        .bind(m.id.hyphenated().to_string())
+        .bind(m.hospital_id.as_str())
+        .bind(m.listener.as_str())
+        .bind(m.peer.as_str())
+        .bind(format_timestamp(m.received_at, "received_at")?)
+        .bind(m.raw.as_slice())
+        .bind(m.decoded.as_deref())
+        .bind(m.charset.as_deref())
+        .bind(m.sending_application.as_deref())
+        .bind(m.sending_facility.as_deref())
+        .bind(m.control_id.as_deref())
+        .bind(m.message_type.as_deref())
+        .bind(m.status.as_str())
+        .bind(m.ack_code.as_deref())
+        .bind(m.error.as_deref()))
+}
+
+fn bind_idempotency<'q>(
+    query: SqliteQuery<'q>,
+    r: &IdempotencyRecord,
+    now: &str,
+) -> SqliteQuery<'q> {
+    query
+        .bind(r.key.hospital_id.as_str())
+        .bind(r.key.sending_application.as_str())
+        .bind(r.key.sending_facility.as_str())
+        .bind(r.key.control_id.as_str())
+        .bind(r.content_hash.as_slice())
+        .bind(r.ack.as_slice())
+        .bind(r.inbound_id.hyphenated().to_string())
+        .bind(now.to_owned())
+}
+
+fn bind_event<'q>(
+    query: SqliteQuery<'q>,
+    e: &PlannedEvent<'_>,
+    now: &str,
+) -> Result<SqliteQuery<'q>, StoreError> {
+    Ok(query
+        .bind(e.hospital_id.to_owned())
+        .bind(e.event.stream_id.clone())
+        .bind(e.version)
+        .bind(e.event.event_type.clone())
+        .bind(e.event.schema_version)
+        .bind(json_text(&e.event.payload, "payload")?)
+        .bind(json_text(&e.event.metadata, "metadata")?)
+        .bind(now.to_owned()))
+}
+
+/// A unique violation while inserting events means another writer appended to one of the
+/// streams after we read its version: report it as the version conflict it is.
+fn map_event_insert_error(err: sqlx::Error, events: &[PlannedEvent<'_>]) -> StoreError {
+    // SQLite names the columns, not the constraint: "UNIQUE constraint failed: events.hospital_id,
+    // events.stream_id, events.stream_version". Other unique violations stay database errors.
+    let unique = matches!(&err, sqlx::Error::Database(db)
+        if db.is_unique_violation() && db.message().contains("events.stream_version"));
+    if !unique {
+        return StoreError::Database(err);
+    }
+    // Only reachable if a writer outside the store's write lock appended meanwhile (with
+    // BEGIN IMMEDIATE the SQLite backend reads versions under the lock, so in practice never).
+    // The driver does not say which row collided: name the first stream of the batch's events
+    // and the version this batch read for it.
+    match events.first() {
+        Some(first) => StoreError::VersionConflict {
+            stream_id: first.event.stream_id.clone(),
+            expected: first.event.expected_version.to_string(),
+            actual: first.version - 1,
+        },
+        None => StoreError::Database(err),
+    }
 }
 
 fn json_text(value: &serde_json::Value, column: &str) -> Result<String, StoreError> {
@@ -601,172 +677,6 @@ impl EventStore for SqliteStore {
     }
 }
 
-/// Batch planning shared by both backends: which writes are duplicates, and which version each new
-/// event gets. Pure functions over the contract's types, so the two backends cannot drift apart.
-pub(super) mod plan {
-    use std::collections::HashMap;
-    use std::collections::hash_map::Entry;
-
-    use sqlx::SqlSafeStr;
-    use sqlx::migrate::{Migration, MigrationType, Migrator};
-
-    use crate::store::{
-        ExpectedVersion, IdempotencyKey, IdempotencyRecord, IngestOutcome, IngestWrite, NewEvent,
-        StoreError,
-    };
-
-    /// One outcome per write: a write whose key is in `existing` (records found in the store) or
-    /// was claimed by an earlier write of the batch is a duplicate of that original; all others
-    /// (including every write without an idempotency record) are stored.
-    pub(crate) fn dedup(
-        batch: &[IngestWrite],
-        existing: &[IdempotencyRecord],
-    ) -> Vec<IngestOutcome> {
-        let mut known: HashMap<&IdempotencyKey, &IdempotencyRecord> =
-            existing.iter().map(|r| (&r.key, r)).collect();
-        batch
-            .iter()
-            .map(|w| match &w.idempotency {
-                None => IngestOutcome::Stored,
-                Some(record) => match known.entry(&record.key) {
-                    Entry::Occupied(original) => {
-                        let original = original.get();
-                        IngestOutcome::Duplicate {
-                            content_hash: original.content_hash.clone(),
-                            ack: original.ack.clone(),
-                            inbound_id: original.inbound_id,
-                        }
-                    }
-                    Entry::Vacant(slot) => {
-                        slot.insert(record);
-                        IngestOutcome::Stored
-                    }
-                },
-            })
-            .collect()
-    }
-
-    /// The distinct (hospital_id, stream_id) pairs the stored writes append to, in first-use order.
-    pub(crate) fn touched_streams<'a>(
-        batch: &'a [IngestWrite],
-        outcomes: &[IngestOutcome],
-    ) -> Vec<(&'a str, &'a str)> {
-        let mut seen = std::collections::HashSet::new();
-        let mut streams = Vec::new();
-        for (w, o) in batch.iter().zip(outcomes) {
-            if !matches!(o, IngestOutcome::Stored) {
-                continue;
-            }
-            for e in &w.events {
-                let pair = (w.inbound.hospital_id.as_str(), e.stream_id.as_str());
-                if seen.insert(pair) {
-                    streams.push(pair);
-                }
-            }
-        }
-        streams
-    }
-
-    /// The embedded migrations `(version, description, sql)` of one backend as a migrator.
-    ///
-    /// This is what `sqlx::migrate!` expands to (same checksums, so the two are interchangeable),
-    /// written out because the macro needs sqlx's `macros` feature, which would compile the whole
-    /// compile-time query checker for one call.
-    pub(crate) fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
-        Migrator::with_migrations(
-            files
-                .iter()
-                .map(|(version, description, sql)| {
-                    Migration::new(
-                        *version,
-                        (*description).into(),
-                        MigrationType::Simple,
-                        sql.into_sql_str(),
-                        false,
-                    )
-                })
-                .collect(),
-        )
-    }
-
-    /// An event with the version it will be stored under.
-    pub(crate) struct PlannedEvent<'a> {
-        pub(crate) hospital_id: &'a str,
-        pub(crate) event: &'a NewEvent,
-        pub(crate) version: i64,
-    }
-
-    /// Assigns consecutive versions to the events of the stored writes, in batch order, starting
-    /// from each stream's `current` version (absent = 0). The expected version of a write's first
-    /// event on a stream is checked against the version as it stands at that point of the batch.
-    pub(crate) fn assign_versions<'a>(
-        batch: &'a [IngestWrite],
-        outcomes: &[IngestOutcome],
-        current: &HashMap<(String, String), i64>,
-    ) -> Result<Vec<PlannedEvent<'a>>, StoreError> {
-        let mut versions: HashMap<(&str, &str), i64> = HashMap::new();
-        let mut planned = Vec::new();
-        for (w, o) in batch.iter().zip(outcomes) {
-            if !matches!(o, IngestOutcome::Stored) {
-                continue;
-            }
-            let hospital_id = w.inbound.hospital_id.as_str();
-            let mut checked: Vec<&str> = Vec::new();
-            for event in &w.events {
-                let stream_id = event.stream_id.as_str();
-                let version = versions.entry((hospital_id, stream_id)).or_insert_with(|| {
-                    current
-                        .get(&(hospital_id.to_owned(), stream_id.to_owned()))
-                        .copied()
-                        .unwrap_or(0)
-                });
-                if !checked.contains(&stream_id) {
-                    checked.push(stream_id);
-                    let ok = match event.expected_version {
-                        ExpectedVersion::Any => true,
-                        ExpectedVersion::NoStream => *version == 0,
-                        ExpectedVersion::Exactly(n) => *version == n,
-                    };
-                    if !ok {
-                        return Err(StoreError::VersionConflict {
-                            stream_id: stream_id.to_owned(),
-                            expected: event.expected_version.to_string(),
-                            actual: *version,
-                        });
-                    }
-                }
-                *version += 1;
-                planned.push(PlannedEvent {
-                    hospital_id,
-                    event,
-                    version: *version,
-                });
-            }
-        }
-        Ok(planned)
-    }
-
-    /// A unique violation while inserting events means another writer appended to one of the
-    /// streams after we read its version: report it as the version conflict it is.
-    pub(crate) fn map_event_insert_error(
-        err: sqlx::Error,
-        events: &[PlannedEvent<'_>],
-    ) -> StoreError {
-        let unique = matches!(&err, sqlx::Error::Database(db) if db.is_unique_violation());
-        if !unique {
-            return StoreError::Database(err);
-        }
-        // Only reachable if a writer outside the store's write lock appended meanwhile (with
-        // BEGIN IMMEDIATE the SQLite backend reads versions under the lock, so in practice never).
-        // The driver does not say which row collided: name the first stream of the batch's events
-        // and the version this batch read for it.
-        match events.first() {
-            Some(first) => StoreError::VersionConflict {
-                stream_id: first.event.stream_id.clone(),
-                expected: first.event.expected_version.to_string(),
-                actual: first.version - 1,
-            },
-            None => StoreError::Database(err),
-        }
-    }
-}
+/// Batch planning shared by both backends (see the module's own documentation).
+#[path = "plan.rs"]
+pub(super) mod plan;

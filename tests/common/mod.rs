@@ -33,6 +33,11 @@ pub struct PgTestDb {
     pub store: DynStore,
     /// URL of the test database, to open further stores ("other Ferry instances") on it.
     pub url: String,
+    _guard: DropDatabase,
+}
+
+/// Drops the test database when dropped, even when the test panicked (or connecting failed).
+struct DropDatabase {
     admin_url: String,
     name: String,
 }
@@ -47,7 +52,7 @@ impl PgTestDb {
     }
 }
 
-impl Drop for PgTestDb {
+impl Drop for DropDatabase {
     fn drop(&mut self) {
         // Drop runs inside the test's runtime, which cannot be blocked on: use a thread with its
         // own small runtime. WITH (FORCE) ends the pools' connections still open.
@@ -102,17 +107,16 @@ pub async fn postgres_store() -> Option<PgTestDb> {
         .expect("create test database");
     let _ = admin.close().await;
     let url = database_url(&admin_url, &name);
+    let guard = DropDatabase { admin_url, name };
     let store = PostgresStore::connect(&url, &ConnectOptions::default())
         .await
         .expect("open postgres store");
-    let db = PgTestDb {
+    store.migrate().await.expect("migrate postgres store");
+    Some(PgTestDb {
         store: Arc::new(store),
         url,
-        admin_url,
-        name,
-    };
-    db.store.migrate().await.expect("migrate postgres store");
-    Some(db)
+        _guard: guard,
+    })
 }
 
 /// `admin_url` with its database (the path) replaced by `name`, query string kept.

@@ -1,0 +1,215 @@
+//! Batch planning shared by both backends: which writes are duplicates, and which version each new
+//! event gets. Pure functions over the contract's types, so the two backends cannot drift apart.
+//!
+//! Declared from `sqlite.rs` (`#[path]`) only because `store/mod.rs` is a frozen contract for now;
+//! it belongs beside the backends as `store::plan` once `mod.rs` is next changed.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+
+use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+
+use crate::store::{
+    ExpectedVersion, IdempotencyKey, IdempotencyRecord, IngestOutcome, IngestWrite, NewEvent,
+    StoreError,
+};
+
+/// One outcome per write: a write whose key is in `existing` (records found in the store) or
+/// was claimed by an earlier write of the batch is a duplicate of that original; all others
+/// (including every write without an idempotency record) are stored.
+pub(crate) fn dedup(batch: &[IngestWrite], existing: &[IdempotencyRecord]) -> Vec<IngestOutcome> {
+    let mut known: HashMap<&IdempotencyKey, &IdempotencyRecord> =
+        existing.iter().map(|r| (&r.key, r)).collect();
+    batch
+        .iter()
+        .map(|w| match &w.idempotency {
+            None => IngestOutcome::Stored,
+            Some(record) => match known.entry(&record.key) {
+                Entry::Occupied(original) => {
+                    let original = original.get();
+                    IngestOutcome::Duplicate {
+                        content_hash: original.content_hash.clone(),
+                        ack: original.ack.clone(),
+                        inbound_id: original.inbound_id,
+                    }
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(record);
+                    IngestOutcome::Stored
+                }
+            },
+        })
+        .collect()
+}
+
+/// Refuses a batch with a NUL character in any text column or JSON string, on both backends
+/// alike: PostgreSQL's TEXT and JSONB cannot hold U+0000, and a store that accepted on SQLite
+/// what it refuses on PostgreSQL would make the backends behave differently. Raw bytes (BYTEA)
+/// may contain anything. Not transient: retrying the same batch fails the same way.
+pub(crate) fn check_storable(batch: &[IngestWrite]) -> Result<(), StoreError> {
+    fn text(value: &str, column: &str, id: &uuid::Uuid) -> Result<(), StoreError> {
+        if value.contains('\0') {
+            return Err(StoreError::Corrupt(format!(
+                "{column} of inbound message {id} contains a NUL character, which the store \
+                 cannot hold as text"
+            )));
+        }
+        Ok(())
+    }
+    fn json(value: &serde_json::Value, column: &str, id: &uuid::Uuid) -> Result<(), StoreError> {
+        match value {
+            serde_json::Value::String(s) => text(s, column, id),
+            serde_json::Value::Array(items) => items.iter().try_for_each(|v| json(v, column, id)),
+            serde_json::Value::Object(map) => map.iter().try_for_each(|(k, v)| {
+                text(k, column, id)?;
+                json(v, column, id)
+            }),
+            _ => Ok(()),
+        }
+    }
+    for w in batch {
+        let m = &w.inbound;
+        let id = &m.id;
+        for (value, column) in [
+            (Some(&m.hospital_id), "inbound_messages.hospital_id"),
+            (Some(&m.listener), "inbound_messages.listener"),
+            (Some(&m.peer), "inbound_messages.peer"),
+            (m.decoded.as_ref(), "inbound_messages.decoded"),
+            (m.charset.as_ref(), "inbound_messages.charset"),
+            (
+                m.sending_application.as_ref(),
+                "inbound_messages.sending_application",
+            ),
+            (
+                m.sending_facility.as_ref(),
+                "inbound_messages.sending_facility",
+            ),
+            (m.control_id.as_ref(), "inbound_messages.control_id"),
+            (m.message_type.as_ref(), "inbound_messages.message_type"),
+            (m.ack_code.as_ref(), "inbound_messages.ack_code"),
+            (m.error.as_ref(), "inbound_messages.error"),
+        ] {
+            if let Some(value) = value {
+                text(value, column, id)?;
+            }
+        }
+        if let Some(r) = &w.idempotency {
+            text(
+                &r.key.sending_application,
+                "idempotency.sending_application",
+                id,
+            )?;
+            text(&r.key.sending_facility, "idempotency.sending_facility", id)?;
+            text(&r.key.control_id, "idempotency.control_id", id)?;
+            text(&r.key.hospital_id, "idempotency.hospital_id", id)?;
+        }
+        for e in &w.events {
+            text(&e.stream_id, "events.stream_id", id)?;
+            text(&e.event_type, "events.event_type", id)?;
+            json(&e.payload, "events.payload", id)?;
+            json(&e.metadata, "events.metadata", id)?;
+        }
+    }
+    Ok(())
+}
+
+/// The distinct (hospital_id, stream_id) pairs the stored writes append to, in first-use order.
+pub(crate) fn touched_streams<'a>(
+    batch: &'a [IngestWrite],
+    outcomes: &[IngestOutcome],
+) -> Vec<(&'a str, &'a str)> {
+    let mut seen = std::collections::HashSet::new();
+    let mut streams = Vec::new();
+    for (w, o) in batch.iter().zip(outcomes) {
+        if !matches!(o, IngestOutcome::Stored) {
+            continue;
+        }
+        for e in &w.events {
+            let pair = (w.inbound.hospital_id.as_str(), e.stream_id.as_str());
+            if seen.insert(pair) {
+                streams.push(pair);
+            }
+        }
+    }
+    streams
+}
+
+/// The embedded migrations `(version, description, sql)` of one backend as a migrator.
+///
+/// This is what `sqlx::migrate!` expands to (same checksums, so the two are interchangeable),
+/// written out because the macro needs sqlx's `macros` feature, which would compile the whole
+/// compile-time query checker for one call.
+pub(crate) fn migrator(files: &[(i64, &'static str, &'static str)]) -> Migrator {
+    Migrator::with_migrations(
+        files
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    (*description).into(),
+                    MigrationType::Simple,
+                    sql.into_sql_str(),
+                    false,
+                )
+            })
+            .collect(),
+    )
+}
+
+/// An event with the version it will be stored under.
+pub(crate) struct PlannedEvent<'a> {
+    pub(crate) hospital_id: &'a str,
+    pub(crate) event: &'a NewEvent,
+    pub(crate) version: i64,
+}
+
+/// Assigns consecutive versions to the events of the stored writes, in batch order, starting
+/// from each stream's `current` version (absent = 0). The expected version of a write's first
+/// event on a stream is checked against the version as it stands at that point of the batch.
+pub(crate) fn assign_versions<'a>(
+    batch: &'a [IngestWrite],
+    outcomes: &[IngestOutcome],
+    current: &HashMap<(String, String), i64>,
+) -> Result<Vec<PlannedEvent<'a>>, StoreError> {
+    let mut versions: HashMap<(&str, &str), i64> = HashMap::new();
+    let mut planned = Vec::new();
+    for (w, o) in batch.iter().zip(outcomes) {
+        if !matches!(o, IngestOutcome::Stored) {
+            continue;
+        }
+        let hospital_id = w.inbound.hospital_id.as_str();
+        let mut checked: Vec<&str> = Vec::new();
+        for event in &w.events {
+            let stream_id = event.stream_id.as_str();
+            let version = versions.entry((hospital_id, stream_id)).or_insert_with(|| {
+                current
+                    .get(&(hospital_id.to_owned(), stream_id.to_owned()))
+                    .copied()
+                    .unwrap_or(0)
+            });
+            if !checked.contains(&stream_id) {
+                checked.push(stream_id);
+                let ok = match event.expected_version {
+                    ExpectedVersion::Any => true,
+                    ExpectedVersion::NoStream => *version == 0,
+                    ExpectedVersion::Exactly(n) => *version == n,
+                };
+                if !ok {
+                    return Err(StoreError::VersionConflict {
+                        stream_id: stream_id.to_owned(),
+                        expected: event.expected_version.to_string(),
+                        actual: *version,
+                    });
+                }
+            }
+            *version += 1;
+            planned.push(PlannedEvent {
+                hospital_id,
+                event,
+                version: *version,
+            });
+        }
+    }
+    Ok(planned)
+}
