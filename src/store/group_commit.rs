@@ -169,9 +169,11 @@ async fn commit_with_retry(
             }
             // One write's conflict, or a row the database refuses, fails the whole transaction:
             // commit each write alone so that one poison message does not fail its neighbours.
-            Err(StoreError::VersionConflict { .. } | StoreError::Database(_))
-                if writes.len() > 1 =>
-            {
+            Err(
+                StoreError::VersionConflict { .. }
+                | StoreError::Database(_)
+                | StoreError::Corrupt(_),
+            ) if writes.len() > 1 => {
                 tracing::debug!(
                     batch = writes.len(),
                     "Batch failed; committing its writes one by one."
@@ -191,5 +193,132 @@ async fn commit_with_retry(
                     .collect();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use futures::FutureExt;
+    use futures::future::BoxFuture;
+    use time::OffsetDateTime;
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::store::{
+        Backend, EventStore, IdempotencyKey, IdempotencyRecord, InboundRecord, InboundStatus,
+        RecordedEvent, StoreCounts,
+    };
+
+    /// Fails every batch that contains a write of tenant "poison"; records batch sizes.
+    #[derive(Default)]
+    struct PickyStore {
+        batches: StdMutex<Vec<usize>>,
+    }
+
+    impl EventStore for PickyStore {
+        fn backend(&self) -> Backend {
+            Backend::Sqlite
+        }
+        fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+            async { Ok(()) }.boxed()
+        }
+        fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
+            async { Ok(()) }.boxed()
+        }
+        fn commit_ingest<'a>(
+            &'a self,
+            batch: &'a [IngestWrite],
+        ) -> BoxFuture<'a, Result<Vec<IngestOutcome>, StoreError>> {
+            async move {
+                self.batches.lock().unwrap().push(batch.len());
+                if batch.iter().any(|w| w.inbound.hospital_id == "poison") {
+                    return Err(StoreError::Corrupt("poison".into()));
+                }
+                Ok(batch.iter().map(|_| IngestOutcome::Stored).collect())
+            }
+            .boxed()
+        }
+        fn inbound(&self, _: Uuid) -> BoxFuture<'_, Result<Option<InboundRecord>, StoreError>> {
+            async { Ok(None) }.boxed()
+        }
+        fn inbound_by_control_id<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Vec<InboundRecord>, StoreError>> {
+            async { Ok(Vec::new()) }.boxed()
+        }
+        fn idempotency<'a>(
+            &'a self,
+            _: &'a IdempotencyKey,
+        ) -> BoxFuture<'a, Result<Option<IdempotencyRecord>, StoreError>> {
+            async { Ok(None) }.boxed()
+        }
+        fn read_stream<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a str,
+        ) -> BoxFuture<'a, Result<Vec<RecordedEvent>, StoreError>> {
+            async { Ok(Vec::new()) }.boxed()
+        }
+        fn counts(&self) -> BoxFuture<'_, Result<StoreCounts, StoreError>> {
+            async { Ok(StoreCounts::default()) }.boxed()
+        }
+    }
+
+    fn write(tenant: &str) -> IngestWrite {
+        IngestWrite {
+            inbound: InboundRecord {
+                id: Uuid::now_v7(),
+                hospital_id: tenant.into(),
+                listener: "l".into(),
+                peer: "p".into(),
+                received_at: OffsetDateTime::now_utc(),
+                raw: b"MSH|".to_vec(),
+                decoded: None,
+                charset: None,
+                sending_application: None,
+                sending_facility: None,
+                control_id: None,
+                message_type: None,
+                status: InboundStatus::Rejected,
+                ack_code: None,
+                error: None,
+            },
+            idempotency: None,
+            events: Vec::new(),
+        }
+    }
+
+    /// Regression: one write the database refuses used to fail every message of its batch (they
+    /// all got a "store unavailable" NAK).
+    #[tokio::test]
+    async fn a_poison_write_fails_alone() {
+        let store = Arc::new(PickyStore::default());
+        let (committer, mut workers) = GroupCommitter::start(
+            store.clone(),
+            GroupCommitConfig {
+                max_wait: Duration::from_millis(50),
+                max_batch: 16,
+                workers: 1,
+            },
+        );
+        let tenants = ["a", "b", "poison", "c", "d"];
+        let results =
+            futures::future::join_all(tenants.iter().map(|t| committer.commit(write(t)))).await;
+        for (tenant, result) in tenants.iter().zip(&results) {
+            match (*tenant, result) {
+                ("poison", Err(CommitError::Store(_))) => {}
+                ("poison", other) => panic!("poison write: {other:?}"),
+                (_, Ok(IngestOutcome::Stored)) => {}
+                (t, other) => panic!("{t}: {other:?}"),
+            }
+        }
+        // One shared batch first, then each write alone.
+        assert_eq!(store.batches.lock().unwrap().first(), Some(&5));
+        drop(committer);
+        while workers.join_next().await.is_some() {}
     }
 }

@@ -8,6 +8,7 @@
 //! durable or all absent. [`group_commit`] gathers writes from many connections into such batches.
 
 pub mod group_commit;
+mod plan;
 pub mod postgres;
 pub mod sqlite;
 

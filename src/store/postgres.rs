@@ -31,7 +31,7 @@ use sqlx::{PgConnection, Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::sqlite::plan::{self, PlannedEvent};
+use super::plan::{self, PlannedEvent};
 use super::{
     Backend, ConnectOptions, EventStore, IdempotencyKey, IdempotencyRecord, InboundRecord,
     InboundStatus, IngestOutcome, IngestWrite, RecordedEvent, StoreCounts, StoreError,

@@ -32,11 +32,11 @@ use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use uuid::Uuid;
 
+use super::plan::{self, PlannedEvent};
 use super::{
     Backend, ConnectOptions, EventStore, IdempotencyKey, IdempotencyRecord, InboundRecord,
     InboundStatus, IngestOutcome, IngestWrite, RecordedEvent, StoreCounts, StoreError,
 };
-use plan::PlannedEvent;
 
 /// SQLite's default upper bound on bind parameters per statement (SQLITE_MAX_VARIABLE_NUMBER).
 const MAX_BIND_PARAMS: usize = 32_766;
@@ -676,7 +676,3 @@ impl EventStore for SqliteStore {
         .boxed()
     }
 }
-
-/// Batch planning shared by both backends (see the module's own documentation).
-#[path = "plan.rs"]
-pub(super) mod plan;
