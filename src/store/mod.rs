@@ -10,6 +10,7 @@
 pub mod group_commit;
 mod plan;
 pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use std::sync::Arc;

@@ -32,9 +32,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::plan::{self, PlannedEvent};
+use super::rows::{self, StoreRow};
 use super::{
     Backend, ConnectOptions, EventStore, IdempotencyKey, IdempotencyRecord, InboundRecord,
-    InboundStatus, IngestOutcome, IngestWrite, RecordedEvent, StoreCounts, StoreError,
+    IngestOutcome, IngestWrite, RecordedEvent, StoreCounts, StoreError,
 };
 
 /// The migrations of `migrations/postgres`, embedded in the binary (see [`plan::migrator`]).
@@ -357,7 +358,7 @@ async fn lookup_idempotency(
         .bind(field(|k| &k.control_id))
         .fetch_all(&mut *tx)
         .await?;
-    rows.iter().map(idempotency_from_row).collect()
+    rows.iter().map(rows::idempotency).collect()
 }
 
 async fn lookup_versions(
@@ -383,11 +384,6 @@ fn json_text(value: &serde_json::Value, column: &str) -> Result<String, StoreErr
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("events.{column}: {e}")))
 }
 
-fn parse_uuid(text: &str, column: &str) -> Result<Uuid, StoreError> {
-    Uuid::parse_str(text)
-        .map_err(|e| StoreError::Corrupt(format!("{column}: {text:?} is not a UUID: {e}")))
-}
-
 /// A column by position or name; a value of the wrong type is a corrupt row, not a panic.
 fn get<'r, T, I>(row: &'r PgRow, index: I, column: &str) -> Result<T, StoreError>
 where
@@ -396,72 +392,6 @@ where
 {
     row.try_get(index)
         .map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
-}
-
-fn inbound_from_row(row: &PgRow) -> Result<InboundRecord, StoreError> {
-    let id: String = get(row, "id", "inbound_messages.id")?;
-    let status: String = get(row, "status", "inbound_messages.status")?;
-    Ok(InboundRecord {
-        id: parse_uuid(&id, "inbound_messages.id")?,
-        hospital_id: get(row, "hospital_id", "inbound_messages.hospital_id")?,
-        listener: get(row, "listener", "inbound_messages.listener")?,
-        peer: get(row, "peer", "inbound_messages.peer")?,
-        received_at: get(row, "received_at", "inbound_messages.received_at")?,
-        raw: get(row, "raw", "inbound_messages.raw")?,
-        decoded: get(row, "decoded", "inbound_messages.decoded")?,
-        charset: get(row, "charset", "inbound_messages.charset")?,
-        sending_application: get(
-            row,
-            "sending_application",
-            "inbound_messages.sending_application",
-        )?,
-        sending_facility: get(row, "sending_facility", "inbound_messages.sending_facility")?,
-        control_id: get(row, "control_id", "inbound_messages.control_id")?,
-        message_type: get(row, "message_type", "inbound_messages.message_type")?,
-        status: InboundStatus::parse(&status).ok_or_else(|| {
-            StoreError::Corrupt(format!("inbound_messages.status: unknown value {status:?}"))
-        })?,
-        ack_code: get(row, "ack_code", "inbound_messages.ack_code")?,
-        error: get(row, "error", "inbound_messages.error")?,
-    })
-}
-
-fn idempotency_from_row(row: &PgRow) -> Result<IdempotencyRecord, StoreError> {
-    let inbound_id: String = get(row, "inbound_id", "idempotency.inbound_id")?;
-    Ok(IdempotencyRecord {
-        key: IdempotencyKey {
-            hospital_id: get(row, "hospital_id", "idempotency.hospital_id")?,
-            sending_application: get(
-                row,
-                "sending_application",
-                "idempotency.sending_application",
-            )?,
-            sending_facility: get(row, "sending_facility", "idempotency.sending_facility")?,
-            control_id: get(row, "control_id", "idempotency.control_id")?,
-        },
-        content_hash: get(row, "content_hash", "idempotency.content_hash")?,
-        ack: get(row, "ack", "idempotency.ack")?,
-        inbound_id: parse_uuid(&inbound_id, "idempotency.inbound_id")?,
-    })
-}
-
-fn event_from_row(row: &PgRow) -> Result<RecordedEvent, StoreError> {
-    let payload: String = get(row, "payload", "events.payload")?;
-    let metadata: String = get(row, "metadata", "events.metadata")?;
-    let recorded_at: OffsetDateTime = get(row, "recorded_at", "events.recorded_at")?;
-    Ok(RecordedEvent {
-        global_position: get(row, "global_position", "events.global_position")?,
-        hospital_id: get(row, "hospital_id", "events.hospital_id")?,
-        stream_id: get(row, "stream_id", "events.stream_id")?,
-        stream_version: get(row, "stream_version", "events.stream_version")?,
-        event_type: get(row, "event_type", "events.event_type")?,
-        schema_version: get(row, "schema_version", "events.schema_version")?,
-        payload: serde_json::from_str(&payload)
-            .map_err(|e| StoreError::Corrupt(format!("events.payload: {e}")))?,
-        metadata: serde_json::from_str(&metadata)
-            .map_err(|e| StoreError::Corrupt(format!("events.metadata: {e}")))?,
-        recorded_at,
-    })
 }
 
 impl EventStore for PostgresStore {
@@ -503,7 +433,7 @@ impl EventStore for PostgresStore {
             .bind(id.hyphenated().to_string())
             .fetch_optional(&self.pool)
             .await?;
-            row.as_ref().map(inbound_from_row).transpose()
+            row.as_ref().map(rows::inbound).transpose()
         }
         .boxed()
     }
@@ -524,7 +454,7 @@ impl EventStore for PostgresStore {
             .bind(control_id)
             .fetch_all(&self.pool)
             .await?;
-            rows.iter().map(inbound_from_row).collect()
+            rows.iter().map(rows::inbound).collect()
         }
         .boxed()
     }
@@ -546,7 +476,7 @@ impl EventStore for PostgresStore {
             .bind(key.control_id.as_str())
             .fetch_optional(&self.pool)
             .await?;
-            row.as_ref().map(idempotency_from_row).transpose()
+            row.as_ref().map(rows::idempotency).transpose()
         }
         .boxed()
     }
@@ -566,7 +496,7 @@ impl EventStore for PostgresStore {
             .bind(stream_id)
             .fetch_all(&self.pool)
             .await?;
-            rows.iter().map(event_from_row).collect()
+            rows.iter().map(rows::event).collect()
         }
         .boxed()
     }
@@ -586,5 +516,29 @@ impl EventStore for PostgresStore {
             })
         }
         .boxed()
+    }
+}
+
+impl StoreRow for PgRow {
+    fn text(&self, column: &str, name: &str) -> Result<String, StoreError> {
+        get(self, column, name)
+    }
+
+    fn optional_text(&self, column: &str, name: &str) -> Result<Option<String>, StoreError> {
+        get(self, column, name)
+    }
+
+    fn bytes(&self, column: &str, name: &str) -> Result<Vec<u8>, StoreError> {
+        get(self, column, name)
+    }
+
+    fn integer(&self, column: &str, name: &str) -> Result<i64, StoreError> {
+        // BIGINT columns decode as i64, INTEGER ones (schema_version) only as i32.
+        get::<i64, _>(self, column, name)
+            .or_else(|_| get::<i32, _>(self, column, name).map(i64::from))
+    }
+
+    fn time(&self, column: &str, name: &str) -> Result<OffsetDateTime, StoreError> {
+        get(self, column, name)
     }
 }

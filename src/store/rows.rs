@@ -1,0 +1,91 @@
+//! Reading rows back into the contract's types, once for both backends.
+//!
+//! The backends differ only in how a column decodes (SQLite keeps times as RFC 3339 text,
+//! PostgreSQL as `timestamptz`), so each implements [`StoreRow`]'s few typed getters and the
+//! mapping of whole rows is written here. A value that does not decode is a corrupt row naming its
+//! column, never a panic.
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{
+    IdempotencyKey, IdempotencyRecord, InboundRecord, InboundStatus, RecordedEvent, StoreError,
+};
+
+/// Typed column access; `name` is the `table.column` used in error messages.
+pub(super) trait StoreRow {
+    fn text(&self, column: &str, name: &str) -> Result<String, StoreError>;
+    fn optional_text(&self, column: &str, name: &str) -> Result<Option<String>, StoreError>;
+    fn bytes(&self, column: &str, name: &str) -> Result<Vec<u8>, StoreError>;
+    fn integer(&self, column: &str, name: &str) -> Result<i64, StoreError>;
+    fn time(&self, column: &str, name: &str) -> Result<OffsetDateTime, StoreError>;
+}
+
+fn uuid(row: &impl StoreRow, column: &str, name: &str) -> Result<Uuid, StoreError> {
+    let text = row.text(column, name)?;
+    Uuid::parse_str(&text)
+        .map_err(|e| StoreError::Corrupt(format!("{name}: {text:?} is not a UUID: {e}")))
+}
+
+fn json(row: &impl StoreRow, column: &str, name: &str) -> Result<serde_json::Value, StoreError> {
+    let text = row.text(column, name)?;
+    serde_json::from_str(&text).map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))
+}
+
+pub(super) fn inbound(row: &impl StoreRow) -> Result<InboundRecord, StoreError> {
+    let t = |c: &str| row.optional_text(c, &format!("inbound_messages.{c}"));
+    let status = row.text("status", "inbound_messages.status")?;
+    Ok(InboundRecord {
+        id: uuid(row, "id", "inbound_messages.id")?,
+        hospital_id: row.text("hospital_id", "inbound_messages.hospital_id")?,
+        listener: row.text("listener", "inbound_messages.listener")?,
+        peer: row.text("peer", "inbound_messages.peer")?,
+        received_at: row.time("received_at", "inbound_messages.received_at")?,
+        raw: row.bytes("raw", "inbound_messages.raw")?,
+        decoded: t("decoded")?,
+        charset: t("charset")?,
+        sending_application: t("sending_application")?,
+        sending_facility: t("sending_facility")?,
+        control_id: t("control_id")?,
+        message_type: t("message_type")?,
+        status: InboundStatus::parse(&status).ok_or_else(|| {
+            StoreError::Corrupt(format!("inbound_messages.status: unknown value {status:?}"))
+        })?,
+        ack_code: t("ack_code")?,
+        error: t("error")?,
+    })
+}
+
+pub(super) fn idempotency(row: &impl StoreRow) -> Result<IdempotencyRecord, StoreError> {
+    let t = |c: &str| row.text(c, &format!("idempotency.{c}"));
+    Ok(IdempotencyRecord {
+        key: IdempotencyKey {
+            hospital_id: t("hospital_id")?,
+            sending_application: t("sending_application")?,
+            sending_facility: t("sending_facility")?,
+            control_id: t("control_id")?,
+        },
+        content_hash: row.bytes("content_hash", "idempotency.content_hash")?,
+        ack: row.bytes("ack", "idempotency.ack")?,
+        inbound_id: uuid(row, "inbound_id", "idempotency.inbound_id")?,
+    })
+}
+
+pub(super) fn event(row: &impl StoreRow) -> Result<RecordedEvent, StoreError> {
+    let schema_version = row.integer("schema_version", "events.schema_version")?;
+    Ok(RecordedEvent {
+        global_position: row.integer("global_position", "events.global_position")?,
+        hospital_id: row.text("hospital_id", "events.hospital_id")?,
+        stream_id: row.text("stream_id", "events.stream_id")?,
+        stream_version: row.integer("stream_version", "events.stream_version")?,
+        event_type: row.text("event_type", "events.event_type")?,
+        schema_version: i32::try_from(schema_version).map_err(|_| {
+            StoreError::Corrupt(format!(
+                "events.schema_version: {schema_version} out of range"
+            ))
+        })?,
+        payload: json(row, "payload", "events.payload")?,
+        metadata: json(row, "metadata", "events.metadata")?,
+        recorded_at: row.time("recorded_at", "events.recorded_at")?,
+    })
+}
