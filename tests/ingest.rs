@@ -573,6 +573,49 @@ async fn garbage_split_frames_and_pipelining() {
     app.shutdown().await;
 }
 
+/// Random bytes inside frames (and random bytes behind a valid MSH) are answered with AE/AR, never
+/// AA, and never take the connection or the process down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_frames_get_naks() {
+    let backend = sqlite().await;
+    let app = start(&backend).await;
+    let mut client = connect(&app).await;
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        // xorshift64: deterministic, so a failure can be replayed.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for round in 0..300 {
+        let len = (next() % 400) as usize;
+        let mut payload: Vec<u8> = (0..len)
+            .map(|_| next() as u8)
+            // The framing bytes cannot occur inside a frame.
+            .filter(|b| *b != 0x0b && *b != 0x1c)
+            .collect();
+        if round % 2 == 1 {
+            let mut with_header = b"MSH|^~\\&|R|F|G|W|2026||ADT^A01|RND|P|2.5\r".to_vec();
+            with_header.append(&mut payload);
+            payload = with_header;
+        }
+        let ack = client
+            .request(&payload)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+        let s = summary(&ack);
+        assert!(
+            matches!(s.code, Some(AckCode::AE | AckCode::AR)),
+            "round {round}: {:?} for {payload:?}",
+            String::from_utf8_lossy(&ack)
+        );
+    }
+    let s = summary(&client.request(&fixture("adt_a01_utf8.hl7")).await.unwrap());
+    assert_eq!(s.code, Some(AckCode::AA));
+    app.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_frame_is_refused_and_connection_closed() {
     let backend = sqlite().await;
