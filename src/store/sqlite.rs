@@ -17,15 +17,17 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
-    SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, Connection, Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 use time::format_description::FormatItem;
 use time::format_description::well_known::Rfc3339;
@@ -75,6 +77,36 @@ pub struct SqliteStore {
     /// Read connections; the same pool as `writer` for an in-memory database (each connection of an
     /// in-memory database would otherwise see its own, empty database).
     reader: SqlitePool,
+    /// For a database file, the writer pool's one connection, taken out once and kept: returning a
+    /// connection to an sqlx pool is asynchronous, and acquiring it again cost ~0.15 ms per commit
+    /// (see BENCHMARKS.md). `None` for an in-memory database, whose one connection also serves
+    /// reads.
+    held: Option<Arc<tokio::sync::Mutex<PoolConnection<Sqlite>>>>,
+}
+
+/// The writer connection, however it is kept.
+enum Writer<'a> {
+    Held(tokio::sync::MutexGuard<'a, PoolConnection<Sqlite>>),
+    Pooled(PoolConnection<Sqlite>),
+}
+
+impl std::ops::Deref for Writer<'_> {
+    type Target = SqliteConnection;
+    fn deref(&self) -> &SqliteConnection {
+        match self {
+            Writer::Held(guard) => guard,
+            Writer::Pooled(conn) => conn,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Writer<'_> {
+    fn deref_mut(&mut self) -> &mut SqliteConnection {
+        match self {
+            Writer::Held(guard) => &mut *guard,
+            Writer::Pooled(conn) => &mut *conn,
+        }
+    }
 }
 
 impl SqliteStore {
@@ -108,6 +140,7 @@ impl SqliteStore {
             return Ok(Self {
                 writer: pool.clone(),
                 reader: pool,
+                held: None,
             });
         }
 
@@ -134,7 +167,20 @@ impl SqliteStore {
             .acquire_timeout(options.acquire_timeout)
             .connect_with(with_wal)
             .await?;
-        Ok(Self { writer, reader })
+        let held = Some(Arc::new(tokio::sync::Mutex::new(writer.acquire().await?)));
+        Ok(Self {
+            writer,
+            reader,
+            held,
+        })
+    }
+
+    /// The one writer connection; waiting here is how writes queue.
+    async fn writer(&self) -> Result<Writer<'_>, StoreError> {
+        Ok(match &self.held {
+            Some(held) => Writer::Held(held.lock().await),
+            None => Writer::Pooled(self.writer.acquire().await?),
+        })
     }
 
     /// The database file, for logs (`:memory:` for an in-memory database).
@@ -149,7 +195,8 @@ impl SqliteStore {
         if let Some(outcomes) = self.commit_fast(batch).await? {
             return Ok(outcomes);
         }
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
         match write_batch(&mut tx, batch).await {
             Ok(outcomes) => {
                 tx.commit().await?;
@@ -218,7 +265,7 @@ impl SqliteStore {
         for r in &records {
             query = bind_idempotency(query, r, &now);
         }
-        let mut conn = self.writer.acquire().await?;
+        let mut conn = self.writer().await?;
         match query.execute(&mut *conn).await {
             Ok(_) => Ok(Some(vec![IngestOutcome::Stored; batch.len()])),
             Err(err) => {
@@ -235,7 +282,7 @@ impl SqliteStore {
 
 /// Everything of one batch inside the open transaction.
 async fn write_batch(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'_, Sqlite>,
     batch: &[IngestWrite],
 ) -> Result<Vec<IngestOutcome>, StoreError> {
     plan::check_storable(batch)?;
@@ -294,7 +341,7 @@ fn multi_row_insert(table: &str, columns: &str, column_count: usize, rows: usize
 /// a VALUES list: SQLite plans `(a, b, c, d) IN (VALUES …)` as a table scan, the join as one primary
 /// key search per key).
 async fn lookup_idempotency(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'_, Sqlite>,
     keys: &[&IdempotencyKey],
 ) -> Result<Vec<IdempotencyRecord>, StoreError> {
     let mut found = Vec::new();
@@ -328,7 +375,7 @@ async fn lookup_idempotency(
 
 /// Current version (0 when absent) of each stream, keyed by (hospital_id, stream_id).
 async fn lookup_versions(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'_, Sqlite>,
     streams: &[(&str, &str)],
 ) -> Result<HashMap<(String, String), i64>, StoreError> {
     let mut current = HashMap::new();
@@ -361,7 +408,7 @@ type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArgume
 /// to SQLite as one multi-statement query, i.e. one trip to sqlx's worker thread instead of three;
 /// otherwise table by table in chunks.
 async fn insert_rows(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'_, Sqlite>,
     stored: &[&IngestWrite],
     records: &[&IdempotencyRecord],
     events: &[PlannedEvent<'_>],
@@ -388,7 +435,7 @@ async fn insert_rows(
 /// One query of up to three multi-row INSERTs (empty tables left out). SQLite binds the `?` of
 /// consecutive statements from one argument list, in order.
 async fn insert_statements(
-    tx: &mut Transaction<'static, Sqlite>,
+    tx: &mut Transaction<'_, Sqlite>,
     stored: &[&IngestWrite],
     records: &[&IdempotencyRecord],
     events: &[PlannedEvent<'_>],
@@ -561,7 +608,10 @@ impl EventStore for SqliteStore {
 
     fn migrate(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         async move {
-            plan::migrator(MIGRATIONS).run(&self.writer).await?;
+            let mut writer = self.writer().await?;
+            plan::migrator(MIGRATIONS)
+                .run_direct(None, &mut *writer, false)
+                .await?;
             Ok(())
         }
         .boxed()
