@@ -42,6 +42,15 @@ pub(crate) fn dedup(batch: &[IngestWrite], existing: &[IdempotencyRecord]) -> Ve
         })
         .collect()
 }
+/// True when two writes of the batch carry the same idempotency key (a resend racing its
+/// original): such a batch needs the lookup-first path, which answers the second as a duplicate.
+pub(crate) fn repeats_a_key(batch: &[IngestWrite]) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    batch
+        .iter()
+        .filter_map(|w| w.idempotency.as_ref())
+        .any(|r| !seen.insert(&r.key))
+}
 
 /// Refuses a batch with a NUL character in any text column or JSON string, on both backends
 /// alike: PostgreSQL's TEXT and JSONB cannot hold U+0000, and a store that accepted on SQLite

@@ -116,8 +116,12 @@ impl PostgresStore {
     pub async fn connect(url: &str, options: &ConnectOptions) -> Result<Self, StoreError> {
         let connect_options = PgConnectOptions::from_str(url)
             .map_err(|_| StoreError::UnsupportedUrl(url.to_owned()))?;
+        // No ping before each acquire (sqlx's default): it is a network round trip per commit, and
+        // a connection that broke meanwhile fails its commit, which is answered with a
+        // retry-later NAK while sqlx drops the connection.
         let pool = PgPoolOptions::new()
             .max_connections(options.max_connections.max(1))
+            .test_before_acquire(false)
             .acquire_timeout(options.acquire_timeout)
             .connect_with(connect_options)
             .await?;
@@ -129,7 +133,20 @@ impl PostgresStore {
             return Ok(Vec::new());
         }
         let mut conn = self.pool.acquire().await?;
-        match write_batch(&mut conn, batch).await {
+        // Resends are rare: first try without looking the keys up. The insert statement itself
+        // refuses a key already stored (FE001), and then the batch goes the careful way.
+        let optimistic = batch.iter().all(|w| w.events.is_empty()) && !plan::repeats_a_key(batch);
+        if optimistic {
+            match write_batch(&mut conn, batch, false).await {
+                Ok(outcomes) => return Ok(outcomes),
+                Err(BatchError::Store(StoreError::IdempotencyRace)) => {}
+                Err(BatchError::Store(e)) => return Err(e),
+                Err(BatchError::ConcurrentAppend(err, streams)) => {
+                    return Err(describe_concurrent_append(&mut conn, err, &streams).await);
+                }
+            }
+        }
+        match write_batch(&mut conn, batch, true).await {
             Ok(outcomes) => Ok(outcomes),
             Err(BatchError::Store(e)) => Err(e),
             Err(BatchError::ConcurrentAppend(err, streams)) => {
@@ -185,17 +202,19 @@ impl From<sqlx::Error> for BatchError {
     }
 }
 
-/// The lookups, then the one statement that writes (and commits) the batch.
+/// The lookups (skipped when `look_up` is false), then the one statement that writes (and
+/// commits) the batch.
 async fn write_batch(
     tx: &mut PgConnection,
     batch: &[IngestWrite],
+    look_up: bool,
 ) -> Result<Vec<IngestOutcome>, BatchError> {
     plan::check_storable(batch)?;
     let keys: Vec<&IdempotencyKey> = batch
         .iter()
         .filter_map(|w| w.idempotency.as_ref().map(|r| &r.key))
         .collect();
-    let existing = if keys.is_empty() {
+    let existing = if keys.is_empty() || !look_up {
         Vec::new()
     } else {
         lookup_idempotency(tx, &keys).await?

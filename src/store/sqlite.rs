@@ -229,15 +229,13 @@ impl SqliteStore {
         {
             return Ok(None);
         }
+        if plan::repeats_a_key(batch) {
+            return Ok(None);
+        }
         let records: Vec<&IdempotencyRecord> = batch
             .iter()
             .filter_map(|w| w.idempotency.as_ref())
             .collect();
-        let distinct: std::collections::HashSet<&IdempotencyKey> =
-            records.iter().map(|r| &r.key).collect();
-        if distinct.len() != records.len() {
-            return Ok(None);
-        }
         plan::check_storable(batch)?;
         let now = format_timestamp(OffsetDateTime::now_utc(), "recorded_at")?;
         let mut sql = String::from("BEGIN IMMEDIATE;\n");
