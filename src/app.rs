@@ -77,13 +77,7 @@ impl App {
             GroupCommitConfig {
                 max_wait: Duration::from_micros(settings.store.group_commit_wait_micros),
                 max_batch: settings.store.group_commit_max_batch,
-                workers: settings
-                    .store
-                    .commit_workers
-                    .unwrap_or(match store.backend() {
-                        crate::store::Backend::Sqlite => 1,
-                        crate::store::Backend::Postgres => 2,
-                    }),
+                workers: settings.store.commit_workers,
             },
         );
         let ingest = Arc::new(Ingest::new(committer));

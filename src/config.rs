@@ -74,9 +74,10 @@ pub struct StoreSettings {
     pub group_commit_wait_micros: u64,
     /// Upper bound of messages in one shared commit.
     pub group_commit_max_batch: usize,
-    /// Batches gathered and committed in parallel. Unset: 1 for SQLite (it has one writer, and
-    /// one worker makes the largest batches), 2 for PostgreSQL (a commit waits on the network).
-    pub commit_workers: Option<usize>,
+    /// Batches gathered and committed in parallel. One (the default) makes the largest batches
+    /// and measured fastest on both backends (BENCHMARKS.md); more may pay off with PostgreSQL on
+    /// a machine with more cores.
+    pub commit_workers: usize,
 }
 
 impl Default for StoreSettings {
@@ -86,7 +87,7 @@ impl Default for StoreSettings {
             max_connections: 8,
             group_commit_wait_micros: 0,
             group_commit_max_batch: 256,
-            commit_workers: None,
+            commit_workers: 1,
         }
     }
 }
@@ -313,7 +314,7 @@ impl Settings {
                 )));
             }
         }
-        if self.store.group_commit_max_batch == 0 || self.store.commit_workers == Some(0) {
+        if self.store.group_commit_max_batch == 0 || self.store.commit_workers == 0 {
             return Err(ConfigError::Invalid(
                 "store.group_commit_max_batch and store.commit_workers must be at least 1".into(),
             ));
