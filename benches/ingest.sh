@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 messages=${1:-50000}
 connections=${2:-8}
 work=$(mktemp -d /tmp/ferry-bench.XXXXXX)
-pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # start() runs in command substitutions (subshells), so the pids go through a file.
+  if [ -f "$work/pids" ]; then
+    while read -r p; do kill "$p" 2>/dev/null || true; done <"$work/pids"
+  fi
   wait 2>/dev/null || true
   if [ -f "$work/pgdir" ]; then .ci/pg-stop "$(cat "$work/pgdir")" || true; fi
   rm -rf "$work"
@@ -28,7 +30,7 @@ fi
 start() { # name, then the command; waits for its "listening on" line
   local name=$1; shift
   "$@" >"$work/$name.out" 2>"$work/$name.err" &
-  pids+=($!)
+  echo $! >>"$work/pids"
   for _ in $(seq 1 100); do
     if grep -q "mllp listening on" "$work/$name.out"; then break; fi
     sleep 0.1
