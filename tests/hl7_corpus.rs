@@ -4,45 +4,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on bad fixtures
 
-use std::path::{Path, PathBuf};
-
 use ferry::hl7::{self, DecodeOptions, Message};
 use proptest::prelude::*;
-
-fn corpus(sub: &str) -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/corpus")
-        .join(sub);
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("corpus folder {} is missing (CI=true)", dir.display());
-    }
-    println!("corpus folder {} is absent: skipping", dir.display());
-    None
-}
-
-fn files(dir: &Path, skip_raw_odd: bool, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            if skip_raw_odd && p.file_name().is_some_and(|n| n == "_raw_odd") {
-                continue;
-            }
-            files(&p, skip_raw_odd, out);
-        } else if !p
-            .extension()
-            .is_some_and(|e| e == "tsv" || e == "md" || e == "json")
-        {
-            out.push(p);
-        }
-    }
-}
 
 /// Touches everything a caller might: all levels of every field, decoding, and a few queries.
 fn exercise(m: &Message<'_>) -> usize {
@@ -75,9 +38,9 @@ fn exercise(m: &Message<'_>) -> usize {
 
 #[test]
 fn every_well_formed_message_parses() {
-    let Some(dir) = corpus("hl7v2") else { return };
-    let mut all = Vec::new();
-    files(&dir, true, &mut all);
+    let Some(all) = ferry::testing::hl7v2_corpus() else {
+        return;
+    };
     assert!(all.len() >= 733, "only {} files", all.len());
     let mut segments = 0;
     for p in &all {
@@ -94,7 +57,7 @@ fn every_well_formed_message_parses() {
 
 #[test]
 fn odd_originals_with_bom_lf_and_crlf_parse() {
-    let Some(dir) = corpus("hl7v2/_raw_odd") else {
+    let Some(dir) = ferry::testing::corpus_dir("hl7v2/_raw_odd") else {
         return;
     };
     for name in [
@@ -136,11 +99,10 @@ fn odd_originals_with_bom_lf_and_crlf_parse() {
 
 #[test]
 fn malformed_inputs_do_not_panic() {
-    let Some(dir) = corpus("hl7v2_negative") else {
+    let Some(dir) = ferry::testing::corpus_dir("hl7v2_negative") else {
         return;
     };
-    let mut all = Vec::new();
-    files(&dir, false, &mut all);
+    let all = ferry::testing::files_under(&dir, &[]);
     assert!(all.len() >= 70, "only {} files", all.len());
     let (mut ok, mut failed) = (0, 0);
     for p in &all {
@@ -182,11 +144,9 @@ fn corpus_sample() -> &'static [Vec<u8>] {
 }
 
 fn load_sample() -> Vec<Vec<u8>> {
-    let Some(dir) = corpus("hl7v2") else {
+    let Some(all) = ferry::testing::hl7v2_corpus() else {
         return vec![b"MSH|^~\\&|A|B\rPID|1||x^y~z\r".to_vec()];
     };
-    let mut all = Vec::new();
-    files(&dir, true, &mut all);
     all.iter()
         .step_by(25)
         .map(|p| std::fs::read(p).unwrap())

@@ -31,39 +31,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic on bad fixtures
 
-use std::path::{Path, PathBuf};
-
 use ferry::hl7::{self, DecodeOptions, Message, Separators};
-
-fn corpus_dir() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/hl7v2");
-    if dir.is_dir() {
-        return Some(dir);
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("corpus folder {} is missing (CI=true)", dir.display());
-    }
-    println!("corpus folder {} is absent: skipping", dir.display());
-    None
-}
-
-fn hl7_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    for p in entries {
-        if p.is_dir() {
-            if p.file_name().is_some_and(|n| n == "_raw_odd") {
-                continue;
-            }
-            hl7_files(&p, out);
-        } else if p.extension().is_some_and(|e| e == "hl7") {
-            out.push(p);
-        }
-    }
-}
 
 #[derive(Default, Debug)]
 struct Counts {
@@ -220,14 +188,15 @@ fn compare_message(file: &str, text: &str, counts: &mut Counts) {
 
 #[test]
 fn ferry_agrees_with_hl7_parser_on_the_corpus() {
-    let Some(dir) = corpus_dir() else { return };
-    let mut files = Vec::new();
-    hl7_files(&dir, &mut files);
+    let Some(files) = ferry::testing::hl7v2_corpus() else {
+        return;
+    };
     assert!(
         files.len() >= 700,
         "only {} corpus files found",
         files.len()
     );
+    let dir = ferry::testing::corpus_root().join("hl7v2");
     let mut counts = Counts::default();
     for path in &files {
         let name = path
