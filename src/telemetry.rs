@@ -1,6 +1,8 @@
 //! Tracing set-up: structured logs to stderr (stdout is kept for the `ferry: … listening on` lines
 //! that scripts read), filter from the settings or `FERRY_LOG`.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
@@ -14,8 +16,10 @@ pub fn init(settings: &LogSettings) {
         );
         EnvFilter::new("info")
     });
+    // Colours only on a terminal: log files and collectors get plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let _ = match settings.format {
         LogFormat::Text => builder.try_init(),
