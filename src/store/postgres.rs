@@ -413,6 +413,19 @@ where
         .map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
 }
 
+/// `SELECT <every inbound_messages column> FROM inbound_messages <tail>`: the one column list that
+/// [`rows::inbound`] reads, for every query of the inbound log.
+macro_rules! select_inbound {
+    ($tail:literal $(,)?) => {
+        concat!(
+            "SELECT id::text AS id, hospital_id, listener, peer, received_at, raw, decoded, charset, \
+             sending_application, sending_facility, control_id, message_type, status, ack_code, \
+             error FROM inbound_messages ",
+            $tail
+        )
+    };
+}
+
 impl EventStore for PostgresStore {
     fn backend(&self) -> Backend {
         Backend::Postgres
@@ -444,14 +457,10 @@ impl EventStore for PostgresStore {
 
     fn inbound(&self, id: Uuid) -> BoxFuture<'_, Result<Option<InboundRecord>, StoreError>> {
         async move {
-            let row = sqlx::query(
-                "SELECT id::text AS id, hospital_id, listener, peer, received_at, raw, decoded, \
-                 charset, sending_application, sending_facility, control_id, message_type, status, \
-                 ack_code, error FROM inbound_messages WHERE id = $1::text::uuid",
-            )
-            .bind(id.hyphenated().to_string())
-            .fetch_optional(&self.pool)
-            .await?;
+            let row = sqlx::query(select_inbound!("WHERE id = $1::text::uuid"))
+                .bind(id.hyphenated().to_string())
+                .fetch_optional(&self.pool)
+                .await?;
             row.as_ref().map(rows::inbound).transpose()
         }
         .boxed()
@@ -463,12 +472,10 @@ impl EventStore for PostgresStore {
         control_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<InboundRecord>, StoreError>> {
         async move {
-            let rows = sqlx::query(
-                "SELECT id::text AS id, hospital_id, listener, peer, received_at, raw, decoded, \
-                 charset, sending_application, sending_facility, control_id, message_type, status, \
-                 ack_code, error FROM inbound_messages WHERE hospital_id = $1 AND control_id = $2 \
+            let rows = sqlx::query(select_inbound!(
+                "WHERE hospital_id = $1 AND control_id = $2 \
                  ORDER BY received_at, id",
-            )
+            ))
             .bind(hospital_id)
             .bind(control_id)
             .fetch_all(&self.pool)

@@ -599,6 +599,19 @@ where
         .map_err(|e| StoreError::Corrupt(format!("{column}: {e}")))
 }
 
+/// `SELECT <every inbound_messages column> FROM inbound_messages <tail>`: the one column list that
+/// [`rows::inbound`] reads, for every query of the inbound log.
+macro_rules! select_inbound {
+    ($tail:literal $(,)?) => {
+        concat!(
+            "SELECT id, hospital_id, listener, peer, received_at, raw, decoded, charset, \
+             sending_application, sending_facility, control_id, message_type, status, ack_code, \
+             error FROM inbound_messages ",
+            $tail
+        )
+    };
+}
+
 impl EventStore for SqliteStore {
     fn backend(&self) -> Backend {
         Backend::Sqlite
@@ -632,14 +645,10 @@ impl EventStore for SqliteStore {
 
     fn inbound(&self, id: Uuid) -> BoxFuture<'_, Result<Option<InboundRecord>, StoreError>> {
         async move {
-            let row = sqlx::query(
-                "SELECT id, hospital_id, listener, peer, received_at, raw, decoded, charset, \
-                 sending_application, sending_facility, control_id, message_type, status, \
-                 ack_code, error FROM inbound_messages WHERE id = ?",
-            )
-            .bind(id.hyphenated().to_string())
-            .fetch_optional(&self.reader)
-            .await?;
+            let row = sqlx::query(select_inbound!("WHERE id = ?",))
+                .bind(id.hyphenated().to_string())
+                .fetch_optional(&self.reader)
+                .await?;
             row.as_ref().map(rows::inbound).transpose()
         }
         .boxed()
@@ -651,12 +660,10 @@ impl EventStore for SqliteStore {
         control_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<InboundRecord>, StoreError>> {
         async move {
-            let rows = sqlx::query(
-                "SELECT id, hospital_id, listener, peer, received_at, raw, decoded, charset, \
-                 sending_application, sending_facility, control_id, message_type, status, \
-                 ack_code, error FROM inbound_messages WHERE hospital_id = ? AND control_id = ? \
+            let rows = sqlx::query(select_inbound!(
+                "WHERE hospital_id = ? AND control_id = ? \
                  ORDER BY received_at, id",
-            )
+            ))
             .bind(hospital_id)
             .bind(control_id)
             .fetch_all(&self.reader)
