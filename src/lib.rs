@@ -6,6 +6,7 @@
 //! |---|---|
 //! | MLLP listener (accept loop, connections, shutdown) | `src/listeners/mllp.rs` |
 //! | MLLP framing (codec) and client | `src/mllp/codec.rs`, `src/mllp/client.rs` |
+//! | domain events (catalogue, payload types, stream ids) | `src/domain/mod.rs`, `src/domain/model.rs` |
 //! | HTTP listener (health; FHIR later) | `src/listeners/http.rs` |
 //! | decode bytes → text by MSH-18 | `src/hl7/decode.rs` |
 //! | parse (zero-copy), escapes, paths | `src/hl7/parse.rs`, `src/hl7/escape.rs`, `src/hl7/path.rs` |
@@ -22,6 +23,7 @@
 
 pub mod app;
 pub mod config;
+pub mod domain;
 pub mod hl7;
 pub mod listeners;
 pub mod loadgen;
