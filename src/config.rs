@@ -179,6 +179,19 @@ pub struct MllpListenerSettings {
     /// Character set used when the bytes are not valid in the declared one (feeds that say ASCII
     /// but send windows-1252 are common), or `none` to answer AE instead.
     pub charset_fallback: String,
+    /// What to do with a message whose type no mapping handles: `accept` (AA, logged as unmapped;
+    /// the default, so a new feed never blocks) or `reject` (AR with code 200, for feeds that must
+    /// only carry what is mapped).
+    pub unmapped: UnmappedPolicy,
+}
+
+/// See [`MllpListenerSettings::unmapped`].
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnmappedPolicy {
+    #[default]
+    Accept,
+    Reject,
 }
 
 impl Default for MllpListenerSettings {
@@ -192,6 +205,7 @@ impl Default for MllpListenerSettings {
             max_connections: 256,
             default_charset: "UNICODE UTF-8".into(),
             charset_fallback: "windows-1252".into(),
+            unmapped: UnmappedPolicy::Accept,
         }
     }
 }

@@ -29,6 +29,7 @@ pub mod listeners;
 pub mod loadgen;
 pub mod mllp;
 pub mod pipeline;
+pub mod reload;
 pub mod store;
 pub mod telemetry;
 #[doc(hidden)]

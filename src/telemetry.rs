@@ -26,3 +26,23 @@ pub fn init(settings: &LogSettings) {
         LogFormat::Json => builder.json().try_init(),
     };
 }
+
+/// The process-wide Prometheus recorder, installed on first use.
+///
+/// Metrics are global by nature (the `metrics` facade has one recorder per process); tests start
+/// several applications in one process, so installation happens once and every app renders the
+/// same registry at `GET /metrics`.
+pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first (an embedding program's); then
+            // our metrics go to theirs and this handle renders an empty page.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}

@@ -41,6 +41,7 @@ both_backends!(
     duplicate_within_one_batch,
     writes_without_idempotency_are_always_stored,
     events_get_consecutive_versions_per_stream,
+    any_appends_continue_streams_across_batches_and_resends,
     expected_version_success_and_conflict,
     conflict_inside_batch_rolls_back_everything,
     duplicates_append_no_events,
@@ -326,6 +327,78 @@ async fn writes_without_idempotency_are_always_stored(store: DynStore) {
             events: 0
         }
     );
+}
+
+/// Mapped messages append at `ExpectedVersion::Any`, which SQLite writes in one statement that reads
+/// the streams' current versions itself: versions must continue across batches, stay consecutive
+/// when a batch touches one stream several times, keep the batch's order in the global position,
+/// and a resend in a later batch (which falls back to the general path) must append nothing.
+async fn any_appends_continue_streams_across_batches_and_resends(store: DynStore) {
+    let any = |stream: &str, n| event(stream, ExpectedVersion::Any, n);
+    let first = with_events(
+        accepted("H1", "A1"),
+        vec![any("s1", 1), any("s1", 2), any("s2", 3)],
+    );
+    store
+        .commit_ingest(std::slice::from_ref(&first))
+        .await
+        .unwrap();
+    let outcomes = store
+        .commit_ingest(&[
+            with_events(accepted("H1", "A2"), vec![any("s1", 4)]),
+            with_events(accepted("H1", "A3"), vec![any("s2", 5), any("s1", 6)]),
+            with_events(accepted("H2", "A4"), vec![any("s1", 7)]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(outcomes, vec![IngestOutcome::Stored; 3]);
+    let outcomes = store
+        .commit_ingest(&[
+            // A resend: same key, a new inbound row id, the same events.
+            with_events(accepted("H1", "A1"), first.events.clone()),
+            with_events(accepted("H1", "A5"), vec![any("s1", 8)]),
+        ])
+        .await
+        .unwrap();
+    assert!(
+        matches!(outcomes[0], IngestOutcome::Duplicate { .. }),
+        "{outcomes:?}"
+    );
+    assert_eq!(outcomes[1], IngestOutcome::Stored);
+
+    let versions_and_ns = |events: Vec<ferry::store::RecordedEvent>| {
+        events
+            .iter()
+            .map(|e| (e.stream_version, e.payload["n"].as_u64().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        versions_and_ns(store.read_stream("H1", "s1").await.unwrap()),
+        vec![(1, 1), (2, 2), (3, 4), (4, 6), (5, 8)]
+    );
+    assert_eq!(
+        versions_and_ns(store.read_stream("H1", "s2").await.unwrap()),
+        vec![(1, 3), (2, 5)]
+    );
+    assert_eq!(
+        versions_and_ns(store.read_stream("H2", "s1").await.unwrap()),
+        vec![(1, 7)]
+    );
+    let mut all: Vec<_> = ["s1", "s2"]
+        .into_iter()
+        .map(|s| store.read_stream("H1", s))
+        .collect::<futures::future::JoinAll<_>>()
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .collect();
+    all.sort_by_key(|e| e.global_position);
+    let order: Vec<u64> = all
+        .iter()
+        .map(|e| e.payload["n"].as_u64().unwrap())
+        .collect();
+    assert_eq!(order, vec![1, 2, 3, 4, 5, 6, 8]);
+    assert_eq!(counts(&store).await.events, 8);
 }
 
 async fn events_get_consecutive_versions_per_stream(store: DynStore) {

@@ -37,8 +37,8 @@ use uuid::Uuid;
 use super::plan::{self, PlannedEvent};
 use super::rows::{self, StoreRow};
 use super::{
-    Backend, ConnectOptions, EventStore, IdempotencyKey, IdempotencyRecord, InboundRecord,
-    IngestOutcome, IngestWrite, RecordedEvent, StoreCounts, StoreError,
+    Backend, ConnectOptions, EventStore, ExpectedVersion, IdempotencyKey, IdempotencyRecord,
+    InboundRecord, IngestOutcome, IngestWrite, RecordedEvent, StoreCounts, StoreError,
 };
 
 /// SQLite's default upper bound on bind parameters per statement (SQLITE_MAX_VARIABLE_NUMBER).
@@ -224,8 +224,13 @@ impl SqliteStore {
         &self,
         batch: &[IngestWrite],
     ) -> Result<Option<Vec<IngestOutcome>>, StoreError> {
+        let event_count: usize = batch.iter().map(|w| w.events.len()).sum();
         if batch.len() > rows_per_statement(INBOUND_COLUMN_COUNT)
-            || batch.iter().any(|w| !w.events.is_empty())
+            || event_count > rows_per_statement(FAST_EVENT_COLUMN_COUNT)
+            || batch
+                .iter()
+                .flat_map(|w| &w.events)
+                .any(|e| e.expected_version != ExpectedVersion::Any)
         {
             return Ok(None);
         }
@@ -255,6 +260,10 @@ impl SqliteStore {
             ));
             sql.push_str(";\n");
         }
+        if event_count > 0 {
+            sql.push_str(&fast_event_insert(event_count));
+            sql.push_str(";\n");
+        }
         sql.push_str("COMMIT;");
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for w in batch {
@@ -262,6 +271,29 @@ impl SqliteStore {
         }
         for r in &records {
             query = bind_idempotency(query, r, &now);
+        }
+        // Events of one stream within the batch get consecutive versions above the stream's
+        // current one: the offset is counted here, the current version read by the statement.
+        let mut offsets: HashMap<(&str, &str), i64> = HashMap::new();
+        let mut seq = 0_i64;
+        for w in batch {
+            for e in &w.events {
+                let offset = offsets
+                    .entry((w.inbound.hospital_id.as_str(), e.stream_id.as_str()))
+                    .or_insert(0);
+                *offset += 1;
+                seq += 1;
+                query = query
+                    .bind(w.inbound.hospital_id.clone())
+                    .bind(e.stream_id.clone())
+                    .bind(*offset)
+                    .bind(e.event_type.clone())
+                    .bind(e.schema_version)
+                    .bind(json_text(&e.payload, "payload")?)
+                    .bind(json_text(&e.metadata, "metadata")?)
+                    .bind(now.clone())
+                    .bind(seq);
+            }
         }
         let mut conn = self.writer().await?;
         match query.execute(&mut *conn).await {
@@ -308,6 +340,31 @@ async fn write_batch(
     let now = format_timestamp(OffsetDateTime::now_utc(), "recorded_at")?;
     insert_rows(tx, &stored, &records, &events, &now).await?;
     Ok(outcomes)
+}
+
+/// Columns bound per event on the fast path: the event columns with a batch offset in place of the
+/// version, and a sequence number that keeps the batch's order in `global_position`.
+const FAST_EVENT_COLUMN_COUNT: usize = 9;
+
+/// Appends events at `ExpectedVersion::Any` in one statement: each row's version is the stream's
+/// current version (read by the statement itself, inside the write transaction) plus its offset
+/// within the batch. SQLite evaluates the SELECT into a temporary table before inserting, so the
+/// subquery sees the versions from before the statement.
+fn fast_event_insert(rows: usize) -> String {
+    let mut sql = format!(
+        "INSERT INTO events ({EVENT_COLUMNS}) SELECT v.column1, v.column2, \
+         COALESCE((SELECT max(e.stream_version) FROM events AS e \
+         WHERE e.hospital_id = v.column1 AND e.stream_id = v.column2), 0) + v.column3, \
+         v.column4, v.column5, v.column6, v.column7, v.column8 FROM (VALUES "
+    );
+    for r in 0..rows {
+        if r > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?,?,?,?,?,?,?,?,?)");
+    }
+    sql.push_str(") AS v ORDER BY v.column9");
+    sql
 }
 
 /// Rows per statement so that `columns * rows` stays within the bind-parameter limit.
