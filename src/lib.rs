@@ -27,6 +27,7 @@ pub mod domain;
 pub mod hl7;
 pub mod listeners;
 pub mod loadgen;
+pub mod mapping;
 pub mod mllp;
 pub mod pipeline;
 pub mod reload;
