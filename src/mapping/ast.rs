@@ -172,10 +172,13 @@ pub(crate) struct Inbound {
     pub event: String,
     pub schema_version: i32,
     pub stream: Vec<StreamKind>,
+    /// Where `stream:` is written, for problems about it.
+    pub stream_pos: Pos,
     pub when: Vec<Condition>,
     /// Segment IDs that start a group, in group order (`[ORC, OBR]`); empty: the whole message is one event.
     pub for_each: Vec<String>,
     pub fields: Vec<FieldRule>,
+    pub fields_pos: Pos,
     pub examples: Vec<ExampleSpec>,
 }
 

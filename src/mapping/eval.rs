@@ -621,7 +621,11 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
                 }
                 let mut list = Vec::new();
                 for (item, loc) in all {
-                    let len = self.push_out(&format!("[{}]", list.len()));
+                    let len = if self.explain.is_some() {
+                        self.push_out(&format!("[{}]", list.len()))
+                    } else {
+                        self.out.len()
+                    };
                     let v = self.item(rule, item, loc);
                     self.out.truncate(len);
                     if let Some(v) = v? {

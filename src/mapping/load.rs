@@ -986,6 +986,8 @@ impl Loader<'_> {
             event: String::new(),
             schema_version: 0,
             stream: Vec::new(),
+            stream_pos: node.pos,
+            fields_pos: node.pos,
             when: Vec::new(),
             for_each: Vec::new(),
             fields: Vec::new(),
@@ -1054,6 +1056,7 @@ impl Loader<'_> {
                     }
                 }
                 "stream" => {
+                    m.stream_pos = v.pos;
                     for text in self.strings(file, v, "a stream kind") {
                         match text.as_str() {
                             "patient" => m.stream.push(StreamKind::Patient),
@@ -1083,7 +1086,10 @@ impl Loader<'_> {
                         }
                     }
                 }
-                "fields" => m.fields = self.fields(file, v, false),
+                "fields" => {
+                    m.fields_pos = v.pos;
+                    m.fields = self.fields(file, v, false);
+                }
                 _ => m.examples = self.examples(file, rel, v),
             }
         }
@@ -1340,6 +1346,20 @@ impl Loader<'_> {
             }
             let mut path = Vec::new();
             self.check_fields(m.file, &m.event, &mut path, &m.fields, &mut Vec::new());
+            // The payload's own required fields (e.g. `patient`) must have a rule, or every message fails.
+            let required: Vec<String> = domain::payload_schema(&m.event)
+                .and_then(|s| s.get("required").cloned())
+                .and_then(|r| serde_json::from_value(r).ok())
+                .unwrap_or_default();
+            for name in required {
+                if !m.fields.iter().any(|f| f.name == name) {
+                    self.problem(
+                        m.file,
+                        m.fields_pos,
+                        format!("{} needs `{name}` in `fields:`", m.event),
+                    );
+                }
+            }
             for kind in &m.stream {
                 let key: &[&str] = match kind {
                     StreamKind::Patient => &["patient", "identifiers"],
@@ -1349,7 +1369,7 @@ impl Loader<'_> {
                 if domain::field_shape(&m.event, key).is_none() {
                     self.problem(
                         m.file,
-                        Pos { line: 1, column: 1 },
+                        m.stream_pos,
                         format!(
                             "stream `{}` needs {} in the payload, which {} does not have",
                             key[0],

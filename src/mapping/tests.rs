@@ -569,6 +569,10 @@ examples:
             "inbound/other.yaml",
             "event: PatientMoved\nmessages: ADT^A02\nstream: patient\nfields: {}\n",
         ),
+        (
+            "inbound/third.yaml",
+            "messages: [ADT^A04]\nevent: PatientRegistered\nstream: [order]\nfields: {}\n",
+        ),
         ("tables/broken.yaml", "map: [a, b\n"),
         ("outbound/ignored.yaml", "not: [checked\n"),
         ("README.md", "not yaml: ["),
@@ -622,6 +626,18 @@ examples:
             "expected events file \"missing.json\" not found",
         ),
         ("inbound/other.yaml", 1, 8, "unknown event \"PatientMoved\""),
+        (
+            "inbound/third.yaml",
+            3,
+            9,
+            "stream `order` needs order.placer_order_number in the payload, which PatientRegistered does not have",
+        ),
+        (
+            "inbound/third.yaml",
+            4,
+            9,
+            "PatientRegistered needs `patient` in `fields:`",
+        ),
         ("tables/broken.yaml", 2, 1, "YAML syntax error"),
         (
             "datatypes.yaml",
