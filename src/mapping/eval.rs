@@ -131,6 +131,9 @@ pub(crate) struct Eval<'s, 'm, 'a> {
     event_index: usize,
     out: String,
     rules: Vec<&'s str>,
+    /// Output field names down to the rule being evaluated, kept also when not explaining, so that an
+    /// error can say which output field it was building (`patient.identifiers`).
+    names: Vec<&'s str>,
 }
 
 fn is_blank(v: &Value<'_>) -> bool {
@@ -191,6 +194,16 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
             event_index: 0,
             out: String::new(),
             rules: Vec::new(),
+            names: Vec::new(),
+        }
+    }
+
+    /// ` for patient.birth_date`: which output field an error happened in.
+    fn for_field(&self) -> String {
+        if self.names.is_empty() {
+            String::new()
+        } else {
+            format!(" for {}", self.names.join("."))
         }
     }
 
@@ -477,7 +490,13 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
                 rs.first().and_then(|r| self.primary_loc(r, scope))
             }
             Source::Use(id) => self.primary_loc(&self.ast.rules[*id].rule, None),
-            Source::Const(_) | Source::Fields(_) => None,
+            // An object: where its `when` looks (`{path: PV1, present: true}` → the PV1 segment),
+            // else where its first field reads.
+            Source::Fields(fields) => match rule.when.first().and_then(|c| c.paths.first()) {
+                Some(p) => self.loc_of(scope, p),
+                None => fields.iter().find_map(|f| self.primary_loc(&f.rule, scope)),
+            },
+            Source::Const(_) => None,
         }
     }
 
@@ -562,7 +581,9 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         let mut map = Map::new();
         for f in fields {
             let len = self.push_out(&f.name);
+            self.names.push(&f.name);
             let v = self.eval(&f.rule, scope);
+            self.names.pop();
             self.out.truncate(len);
             if let Some(v) = v? {
                 map.insert(f.name.clone(), v);
@@ -690,11 +711,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         if value.is_none() && rule.required {
             let loc = self.primary_loc(rule, scope);
             let at = loc.map(|l| format!(" at {}", l.path())).unwrap_or_default();
-            let field = if self.out.is_empty() {
-                String::new()
-            } else {
-                format!(" for {}", self.out)
-            };
+            let field = self.for_field();
             return Err(self.err(
                 MapErrorCode::RequiredMissing,
                 loc,
@@ -774,7 +791,11 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         for t in &rule.transforms {
             out = t.apply(out, self.tz).map_err(|m| {
                 let at = loc.map(|l| format!(" at {}", l.path())).unwrap_or_default();
-                self.err(MapErrorCode::DataType, loc, format!("{m}{at}"))
+                self.err(
+                    MapErrorCode::DataType,
+                    loc,
+                    format!("{m}{at}{}", self.for_field()),
+                )
             })?;
         }
         let text = match out {
@@ -801,8 +822,10 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
             MapErrorCode::TableValue,
             loc,
             format!(
-                "{text:?}{at} is not in table {} (tables/{}.yaml), and the rule has no default",
-                table.name, table.name
+                "{text:?}{at}{} is not in table {} (tables/{}.yaml), and the rule has no default",
+                self.for_field(),
+                table.name,
+                table.name
             ),
         ))
     }
@@ -859,9 +882,9 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
                     MapErrorCode::RequiredMissing,
                     loc,
                     format!(
-                        "no stream key: {} is empty{at}, so the event has no {} to belong to",
-                        names.join("."),
-                        names[0]
+                        "no key for the {} stream: {} is empty{at}",
+                        names[0],
+                        names.join(".")
                     ),
                 ));
             };

@@ -18,6 +18,7 @@ datatypes:
   DTM: { path: ., transform: datetime }
 rules:
   svc: { path: PV1.10, transform: lower }
+  enc: { when: { path: PV1, present: true }, fields: { hospital_service: PV1.10 } }
 "#;
 
 const TABLES: &[(&str, &str)] = &[
@@ -370,6 +371,15 @@ fn errors_point_at_the_field() {
             "PV1^1^19",
             "PV1.19",
         ),
+        // a required object whose segment is missing → 101 at the segment
+        (
+            format!("{ids_required}  encounter: {{ use: enc, required: true }}\n"),
+            "patient",
+            format!("{msh}PID|1||1^^^A^MR\r"),
+            MapErrorCode::RequiredMissing,
+            "PV1^1",
+            "PV1",
+        ),
         // Y/N that is neither → 102
         (
             with("      deceased: { path: PID.30, transform: boolean }\n"),
@@ -395,7 +405,8 @@ fn errors_point_at_the_field() {
         assert_eq!(ack_loc.segment, erl[..3]);
         assert_eq!(e.path, path, "{fields}");
         assert_eq!(e.mapping, "a04");
-        assert!(!e.message.is_empty());
+        // The sentence names the output field being built.
+        assert!(e.message.contains(" for "), "{}", e.message);
         assert_eq!(e.code.error_code().code(), code.code());
     }
 }
