@@ -652,7 +652,7 @@ examples:
         ("tables/broken.yaml", 2, 1, "YAML syntax error"),
         (
             "datatypes.yaml",
-            9,
+            10,
             11,
             "refers to itself: loop_a → loop_b → loop_a",
         ),
