@@ -55,7 +55,9 @@ impl std::fmt::Display for PathRef {
 /// A `when:` condition.
 #[derive(Debug, Clone)]
 pub(crate) struct Condition {
-    pub path: PathRef,
+    /// One path, or several: the test holds when it holds for any of them (`present`, `in`), or for none
+    /// (`absent`, `not_in`, their negations).
+    pub paths: Vec<PathRef>,
     pub test: Test,
 }
 
@@ -66,6 +68,9 @@ pub(crate) enum Test {
     Present,
     Absent,
 }
+
+/// One `where:`/`prefer:` entry: a relative path and the values it may have.
+pub(crate) type Match = (PathRef, Vec<String>);
 
 /// How the value a scope source selected becomes output: a datatype rule or an object of fields.
 #[derive(Debug, Clone)]
@@ -87,10 +92,16 @@ pub(crate) struct FieldRule {
 pub(crate) enum Source {
     Path(PathRef),
     First(Vec<Rule>),
-    Each(Vec<PathRef>),
+    Each {
+        paths: Vec<PathRef>,
+        /// `where:` keeps only matching items.
+        filter: Vec<Match>,
+        /// `prefer:` moves matching items first (order otherwise kept): e.g. the MRN that keys the stream.
+        prefer: Vec<Match>,
+    },
     Pick {
         path: PathRef,
-        conditions: Vec<(PathRef, Vec<String>)>,
+        conditions: Vec<Match>,
     },
     Const(serde_json::Value),
     Use(usize),

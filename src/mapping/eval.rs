@@ -14,7 +14,7 @@ use serde_json::{Map, Value as J};
 use crate::domain::{self, StreamKind};
 use crate::hl7::{Index, Level, Location, Message, Segment, Value};
 
-use super::ast::{Ast, Build, Condition, FieldRule, Inbound, PathRef, Rule, Source, Test};
+use super::ast::{Ast, Build, Condition, FieldRule, Inbound, Match, PathRef, Rule, Source, Test};
 use super::transform::Out;
 use super::{Explanation, MapError, MapErrorCode, MappedEvent};
 
@@ -104,6 +104,9 @@ impl Loc {
     }
 }
 
+/// Evaluation results: the error is boxed because it is rare and the `Ok` path runs for every rule.
+type Res<T> = Result<T, Box<MapError>>;
+
 /// What a path selected: a whole segment or a value inside one.
 #[derive(Debug, Clone, Copy)]
 enum Item<'a> {
@@ -191,14 +194,14 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         }
     }
 
-    fn err(&self, code: MapErrorCode, loc: Option<Loc>, message: String) -> MapError {
-        MapError {
+    fn err(&self, code: MapErrorCode, loc: Option<Loc>, message: String) -> Box<MapError> {
+        Box::new(MapError {
             code,
             location: loc.map(|l| l.location()),
             path: loc.map(|l| l.path()).unwrap_or_default(),
             message,
             mapping: self.mapping.to_string(),
-        }
+        })
     }
 
     // ---- groups ----------------------------------------------------------------------------------------
@@ -469,7 +472,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
     fn primary_loc(&self, rule: &Rule, scope: Scope<'a>) -> Option<Loc> {
         match &rule.source {
             Source::Path(p) | Source::Pick { path: p, .. } => self.loc_of(scope, p),
-            Source::Each(ps) => ps.first().and_then(|p| self.loc_of(scope, p)),
+            Source::Each { paths: ps, .. } => ps.first().and_then(|p| self.loc_of(scope, p)),
             Source::First(rs) | Source::Join { parts: rs, .. } => {
                 rs.first().and_then(|r| self.primary_loc(r, scope))
             }
@@ -483,11 +486,8 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         let (first, rest) = names.split_first()?;
         let mut rule = &fields.iter().find(|f| f.name == *first)?.rule;
         for name in rest {
-            loop {
-                match (&rule.source, &rule.build) {
-                    (Source::Use(id), _) => rule = &self.ast.rules[*id].rule,
-                    _ => break,
-                }
+            while let Source::Use(id) = &rule.source {
+                rule = &self.ast.rules[*id].rule;
             }
             let fs = match (&rule.source, &rule.build) {
                 (Source::Fields(fs), _) | (_, Some(Build::Fields(fs))) => fs,
@@ -506,21 +506,28 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         leaf(item, loc).map(|(_, t, _)| t)
     }
 
+    /// Whether every `where` entry holds for an item.
+    fn matches(&self, item: Item<'a>, loc: Loc, conditions: &[Match]) -> bool {
+        conditions.iter().all(|(rp, values)| {
+            self.text_at(Some((item, loc)), rp)
+                .is_some_and(|t| values.contains(&t))
+        })
+    }
+
     fn holds(&self, c: &Condition, scope: Scope<'a>) -> bool {
-        let present = match self.first(scope, &c.path) {
+        let present = |p: &PathRef| match self.first(scope, p) {
             Some((Item::Seg(_), _)) => true,
             Some((item, loc)) => leaf(item, loc).is_some(),
             None => false,
         };
+        let is_in = |p: &PathRef, values: &[String]| {
+            self.text_at(scope, p).is_some_and(|t| values.contains(&t))
+        };
         match &c.test {
-            Test::Present => present,
-            Test::Absent => !present,
-            Test::In(values) => self
-                .text_at(scope, &c.path)
-                .is_some_and(|t| values.contains(&t)),
-            Test::NotIn(values) => !self
-                .text_at(scope, &c.path)
-                .is_some_and(|t| values.contains(&t)),
+            Test::Present => c.paths.iter().any(present),
+            Test::Absent => !c.paths.iter().any(present),
+            Test::In(values) => c.paths.iter().any(|p| is_in(p, values)),
+            Test::NotIn(values) => !c.paths.iter().any(|p| is_in(p, values)),
         }
     }
 
@@ -551,7 +558,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
     }
 
     /// The object of `fields:`; absent when no field has a value.
-    fn fields(&mut self, fields: &'s [FieldRule], scope: Scope<'a>) -> Result<Option<J>, MapError> {
+    fn fields(&mut self, fields: &'s [FieldRule], scope: Scope<'a>) -> Res<Option<J>> {
         let mut map = Map::new();
         for f in fields {
             let len = self.push_out(&f.name);
@@ -564,7 +571,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         Ok((!map.is_empty()).then_some(J::Object(map)))
     }
 
-    fn eval(&mut self, rule: &'s Rule, scope: Scope<'a>) -> Result<Option<J>, MapError> {
+    fn eval(&mut self, rule: &'s Rule, scope: Scope<'a>) -> Res<Option<J>> {
         if !rule.when.iter().all(|c| self.holds(c, scope)) {
             return Ok(None);
         }
@@ -579,7 +586,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         r
     }
 
-    fn eval_source(&mut self, rule: &'s Rule, scope: Scope<'a>) -> Result<Option<J>, MapError> {
+    fn eval_source(&mut self, rule: &'s Rule, scope: Scope<'a>) -> Res<Option<J>> {
         let mut value = match &rule.source {
             Source::Path(p) => match self.first(scope, p) {
                 Some((item, loc)) => self.item(rule, item, loc)?,
@@ -588,29 +595,37 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
             Source::Pick { path, conditions } => {
                 let mut all = Vec::new();
                 self.select(scope, path, false, &mut all);
-                let found = all.into_iter().find(|(item, loc)| {
-                    conditions.iter().all(|(rp, values)| {
-                        self.text_at(Some((*item, *loc)), rp)
-                            .is_some_and(|t| values.contains(&t))
-                    })
-                });
+                let found = all
+                    .into_iter()
+                    .find(|(item, loc)| self.matches(*item, *loc, conditions));
                 match found {
                     Some((item, loc)) => self.item(rule, item, loc)?,
                     None => None,
                 }
             }
-            Source::Each(paths) => {
-                let mut list = Vec::new();
+            Source::Each {
+                paths,
+                filter,
+                prefer,
+            } => {
+                let mut all = Vec::new();
                 for p in paths {
-                    let mut all = Vec::new();
                     self.select(scope, p, false, &mut all);
-                    for (item, loc) in all {
-                        let len = self.push_out(&format!("[{}]", list.len()));
-                        let v = self.item(rule, item, loc);
-                        self.out.truncate(len);
-                        if let Some(v) = v? {
-                            list.push(v);
-                        }
+                }
+                if !filter.is_empty() {
+                    all.retain(|(item, loc)| self.matches(*item, *loc, filter));
+                }
+                if !prefer.is_empty() {
+                    // A stable sort: preferred items first, the rest in message order.
+                    all.sort_by_key(|(item, loc)| !self.matches(*item, *loc, prefer));
+                }
+                let mut list = Vec::new();
+                for (item, loc) in all {
+                    let len = self.push_out(&format!("[{}]", list.len()));
+                    let v = self.item(rule, item, loc);
+                    self.out.truncate(len);
+                    if let Some(v) = v? {
+                        list.push(v);
                     }
                 }
                 (!list.is_empty()).then_some(J::Array(list))
@@ -694,7 +709,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         rule: &'s Rule,
         value: Option<J>,
         scope: Scope<'a>,
-    ) -> Result<Option<J>, MapError> {
+    ) -> Res<Option<J>> {
         if rule.transforms.is_empty() && rule.table.is_none() {
             return Ok(value);
         }
@@ -717,7 +732,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
     }
 
     /// What a scope source makes of one selected item: a datatype, an object, or text.
-    fn item(&mut self, rule: &'s Rule, item: Item<'a>, loc: Loc) -> Result<Option<J>, MapError> {
+    fn item(&mut self, rule: &'s Rule, item: Item<'a>, loc: Loc) -> Res<Option<J>> {
         match &rule.build {
             Some(build) => {
                 if let Item::Val(v) = item
@@ -750,7 +765,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         text: String,
         raw: &str,
         loc: Option<Loc>,
-    ) -> Result<Option<J>, MapError> {
+    ) -> Res<Option<J>> {
         let mut out = Out::Str(text);
         for t in &rule.transforms {
             out = t.apply(out, self.tz).map_err(|m| {
@@ -792,7 +807,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
 
     /// The events of one inbound file: one per group with `for_each`, else at most one. Each comes with the
     /// index of the segment its group starts at, for ordering across files.
-    pub fn events(&mut self, m: &'s Inbound) -> Result<Vec<(usize, MappedEvent)>, MapError> {
+    pub fn events(&mut self, m: &'s Inbound) -> Res<Vec<(usize, MappedEvent)>> {
         self.mapping = &m.name;
         let groups: Vec<Option<(usize, usize)>> = if m.for_each.is_empty() {
             self.group_ids.clear();

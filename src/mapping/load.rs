@@ -15,18 +15,19 @@ use crate::hl7::{Index, Path};
 
 use super::Problem;
 use super::ast::{
-    Ast, Build, Condition, ExampleSpec, ExpectSpec, FieldRule, Inbound, Named, PathRef, Rule,
-    Source, Table, Test,
+    Ast, Build, Condition, ExampleSpec, ExpectSpec, FieldRule, Inbound, Match, Named, PathRef,
+    Rule, Source, Table, Test,
 };
 use super::transform::Transform;
 use super::yaml::{self, Kind, Node, Pos};
 
-const RULE_KEYS: &[&str] = &[
+pub(crate) const RULE_KEYS: &[&str] = &[
     "path",
     "first",
     "each",
     "pick",
     "where",
+    "prefer",
     "const",
     "use",
     "fields",
@@ -185,7 +186,26 @@ impl Loader<'_> {
         match yaml::parse(&text) {
             Ok(node) => Some((file, node)),
             Err(e) => {
-                self.problem(file, e.pos, format!("YAML syntax error: {}", e.message));
+                // The classic trap: `{ each: PID.3[*] }`. Brackets end a plain value inside { } and [ ].
+                let near = |n: usize| text.lines().nth(n.saturating_sub(1)).unwrap_or("");
+                let bracketed = |l: &str| {
+                    l.contains("[*]")
+                        || l.as_bytes().windows(2).any(|w| {
+                            (w[0].is_ascii_uppercase() || w[0].is_ascii_digit()) && w[1] == b'['
+                        })
+                };
+                let hint = if e.message.contains("flow")
+                    && (bracketed(near(e.pos.line)) || bracketed(near(e.pos.line - 1)))
+                {
+                    "; inside { } or [ ], put paths with brackets in quotes: { each: \"PID.3[*]\" }"
+                } else {
+                    ""
+                };
+                self.problem(
+                    file,
+                    e.pos,
+                    format!("YAML syntax error: {}{hint}", e.message),
+                );
                 None
             }
         }
@@ -466,7 +486,19 @@ impl Loader<'_> {
             let mut tests = Vec::new();
             for (key, value) in entries {
                 match key {
-                    "path" => path = self.path(file, value, scoped),
+                    "path" => {
+                        let nodes: Vec<&Node> = match &value.kind {
+                            Kind::Seq(items) => items.iter().collect(),
+                            _ => vec![value],
+                        };
+                        let paths: Vec<PathRef> = nodes
+                            .iter()
+                            .filter_map(|n| self.path(file, n, scoped))
+                            .collect();
+                        if paths.len() == nodes.len() && !paths.is_empty() {
+                            path = Some(paths);
+                        }
+                    }
                     "in" => tests.push(Test::In(self.strings(file, value, "`in`"))),
                     "not_in" => tests.push(Test::NotIn(self.strings(file, value, "`not_in`"))),
                     _ => match value.as_bool() {
@@ -492,7 +524,7 @@ impl Loader<'_> {
                 continue;
             }
             match (path, tests.pop()) {
-                (Some(path), Some(test)) => out.push(Condition { path, test }),
+                (Some(paths), Some(test)) => out.push(Condition { paths, test }),
                 (None, _) if !self.has_key(item, "path") => {
                     self.problem(file, item.pos, "a `when` condition needs `path:`")
                 }
@@ -500,6 +532,27 @@ impl Loader<'_> {
             }
         }
         out
+    }
+
+    /// A `where:`/`prefer:` map: relative path → value or list of values.
+    fn matches(&mut self, file: usize, w: &Node) -> Option<Vec<Match>> {
+        let Kind::Map(ws) = &w.kind else {
+            self.problem(
+                file,
+                w.pos,
+                "`where`/`prefer` must be a map of relative path → value(s), e.g. {.5: MR}",
+            );
+            return None;
+        };
+        let mut out = Vec::new();
+        for (k, v) in ws {
+            let path = self.path(file, k, true);
+            let values = self.strings(file, v, "a `where` value");
+            if let Some(path) = path {
+                out.push((path, values));
+            }
+        }
+        Some(out)
     }
 
     fn has_key(&self, node: &Node, key: &str) -> bool {
@@ -586,7 +639,12 @@ impl Loader<'_> {
         }
         // Modifiers that only make sense with some sources.
         let misplaced: &[(&str, bool, &str)] = &[
-            ("where", sources == ["pick"], "`where` goes with `pick`"),
+            (
+                "where",
+                sources == ["pick"] || sources == ["each"],
+                "`where` goes with `pick` or `each`",
+            ),
+            ("prefer", sources == ["each"], "`prefer` goes with `each`"),
             (
                 "separator",
                 sources == ["join"],
@@ -660,7 +718,27 @@ impl Loader<'_> {
                         .collect::<Vec<_>>()
                         .join(", ")
                 );
-                Source::Each(paths)
+                let filter = match get("where") {
+                    Some(w) => {
+                        let m = self.matches(file, w)?;
+                        desc.push_str(&format!(" where {}", describe_matches(&m)));
+                        m
+                    }
+                    None => Vec::new(),
+                };
+                let prefer = match get("prefer") {
+                    Some(w) => {
+                        let m = self.matches(file, w)?;
+                        desc.push_str(&format!(" prefer {}", describe_matches(&m)));
+                        m
+                    }
+                    None => Vec::new(),
+                };
+                Source::Each {
+                    paths,
+                    filter,
+                    prefer,
+                }
             }
             Some("pick") => {
                 let p = self.path(file, get("pick")?, scoped)?;
@@ -673,39 +751,18 @@ impl Loader<'_> {
                         ),
                     );
                 }
-                let mut conditions = Vec::new();
-                match get("where") {
-                    None => self.problem(
-                        file,
-                        node.pos,
-                        "`pick` needs `where: {.5: MR}` (component → value or list of values)",
-                    ),
-                    Some(w) => {
-                        let Kind::Map(ws) = &w.kind else {
-                            self.problem(
-                                file,
-                                w.pos,
-                                "`where` must be a map of relative path → value(s)",
-                            );
-                            return None;
-                        };
-                        for (k, v) in ws {
-                            let path = self.path(file, k, true);
-                            let values = self.strings(file, v, "a `where` value");
-                            if let Some(path) = path {
-                                conditions.push((path, values));
-                            }
-                        }
+                let conditions = match get("where") {
+                    None => {
+                        self.problem(
+                            file,
+                            node.pos,
+                            "`pick` needs `where: {.5: MR}` (component → value or list of values)",
+                        );
+                        Vec::new()
                     }
-                }
-                desc = format!(
-                    "pick {p} where {}",
-                    conditions
-                        .iter()
-                        .map(|(k, v)| format!("{k} in [{}]", v.join(", ")))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                );
+                    Some(w) => self.matches(file, w)?,
+                };
+                desc = format!("pick {p} where {}", describe_matches(&conditions));
                 Source::Pick {
                     path: p,
                     conditions,
@@ -821,6 +878,7 @@ impl Loader<'_> {
                                 }
                             ),
                         );
+                        return None;
                     }
                 }
             } else if let Some(v) = get("fields") {
@@ -1394,7 +1452,7 @@ impl Loader<'_> {
                     self.check_rule(event, path, &Shape::String, p, visiting);
                 }
             }
-            Source::Each(_) => match shape {
+            Source::Each { .. } => match shape {
                 Shape::List(inner) => self.check_item(event, path, inner, rule, visiting),
                 _ => mismatch(self, "a list"),
             },
@@ -1477,6 +1535,13 @@ impl Loader<'_> {
         let digest = h.finalize();
         digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
     }
+}
+
+fn describe_matches(m: &[Match]) -> String {
+    m.iter()
+        .map(|(k, v)| format!("{k} in [{}]", v.join(", ")))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn shape_word(shape: &Shape) -> &'static str {

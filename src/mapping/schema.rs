@@ -46,6 +46,7 @@ pub fn json_schema() -> Value {
                     "each": {"description": "a list: one item per repetition or segment ([*]), or per path of a list", "anyOf": [{"$ref": "#/$defs/path"}, {"type": "array", "items": {"$ref": "#/$defs/path"}}]},
                     "pick": {"$ref": "#/$defs/path", "description": "the first repetition that matches `where`"},
                     "where": {"type": "object", "description": "relative path → value or list of values, e.g. {.5: MR}", "additionalProperties": {"type": ["string", "array"], "items": {"type": "string"}}},
+                    "prefer": {"type": "object", "description": "with each: items matching these relative path → value(s) come first, e.g. {.5: MR}", "additionalProperties": {"type": ["string", "array"], "items": {"type": "string"}}},
                     "const": {"type": ["string", "boolean"], "description": "a constant"},
                     "use": {"type": "string", "description": "a named rule of datatypes.yaml `rules:`"},
                     "join": {"type": "array", "items": {"$ref": "#/$defs/rule"}, "description": "the values of these rules joined by `separator` (default one space)"},
