@@ -185,6 +185,18 @@ impl MappingSet {
         })
     }
 
+    /// A set with no mappings: every message is unmapped. Used when the configured folder does not
+    /// exist, so Ferry still runs (and says so) instead of refusing to start.
+    pub fn empty() -> MappingSet {
+        MappingSet {
+            dir: PathBuf::new(),
+            ast: ast::Ast::default(),
+            version: "empty".to_owned(),
+            tz: jiff::tz::TimeZone::UTC,
+            by_message: HashMap::new(),
+        }
+    }
+
     /// Content hash of the loaded files (settings, datatypes, tables, inbound; sorted by relative path; example
     /// files excluded, since they do not change what a message maps to): 16 hex characters.
     pub fn version(&self) -> &str {
