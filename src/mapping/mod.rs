@@ -86,6 +86,7 @@ pub enum MapErrorCode {
 }
 
 impl MapErrorCode {
+    /// The number for ERR-3 and for examples' `expect_ack: {error: …}`.
     pub fn code(self) -> u16 {
         self as u16
     }

@@ -828,3 +828,38 @@ fn shipped_mappings_load_and_their_examples_pass() {
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
     assert!(set.examples().len() >= 10);
 }
+
+/// Regression: our MRN is the 4th repetition of PID-3 in adt_a01_multiple_ids; it must come first (it keys
+/// the patient stream) and `explain` must name the repetition it came from.
+#[test]
+fn shipped_mappings_explain_where_the_mrn_came_from() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let set = MappingSet::load(&root.join("mappings")).unwrap();
+    let text =
+        std::fs::read_to_string(root.join("fixtures/hl7v2/adt_a01_multiple_ids.hl7")).unwrap();
+    let msg = Message::parse(&text).unwrap();
+    let (mapped, ex) = set.explain(&msg).unwrap();
+    let Mapped::Events(events) = mapped else {
+        panic!("unmapped")
+    };
+    assert_eq!(events[0].stream, StreamKind::Encounter);
+    assert_eq!(events[0].mapping, "adt_a01.patient_admitted");
+    let mrn = ex
+        .iter()
+        .find(|e| e.output == "patient.identifiers[0].value")
+        .unwrap();
+    assert_eq!(mrn.source.as_deref(), Some("PID.3[4].1"));
+    assert_eq!(mrn.value, json!("100024"));
+    assert!(
+        mrn.rule.starts_with("use patient → each PID.3[*] prefer"),
+        "{}",
+        mrn.rule
+    );
+    // Every output leaf is explained.
+    let admitted = ex
+        .iter()
+        .find(|e| e.output == "encounter.admitted_at")
+        .unwrap();
+    assert_eq!(admitted.raw.as_deref(), Some("20261104180000"));
+    assert_eq!(admitted.value, json!("2026-11-04T18:00:00+01:00"));
+}

@@ -43,6 +43,7 @@ impl Transform {
     pub const NAMES: &'static [&'static str] =
         &["trim", "upper", "lower", "date", "datetime", "boolean"];
 
+    /// The transform a mapping file names; `None` for a name not in the closed list.
     pub fn from_name(name: &str) -> Option<Transform> {
         Some(match name {
             "trim" => Transform::Trim,
@@ -55,6 +56,7 @@ impl Transform {
         })
     }
 
+    /// The name as written in mapping files (and in `explain`'s rule descriptions).
     pub fn name(self) -> &'static str {
         match self {
             Transform::Trim => "trim",
