@@ -51,7 +51,12 @@ pub fn load_mappings(settings: &Settings) -> Result<Option<MappingSet>, AppError
         tracing::warn!(dir = %dir.display(), "Mappings folder not found; running without mappings (messages are not mapped to events).");
         return Ok(None);
     }
-    MappingSet::load(dir)
+    // Example files are for `ferry mappings check|test`; a deployed folder (the Docker image's
+    // /etc/ferry/mappings) comes without the fixtures they point at.
+    let options = crate::mapping::LoadOptions {
+        example_files: false,
+    };
+    MappingSet::load_with(dir, options)
         .map(Some)
         .map_err(|problems| AppError::Mappings {
             dir: dir.display().to_string(),

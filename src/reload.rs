@@ -39,7 +39,11 @@ pub fn announce(previous: Option<&str>, active: &str) {
 
 impl Reloadable for crate::mapping::MappingSet {
     fn load(dir: &Path) -> Result<Self, Vec<String>> {
-        crate::mapping::MappingSet::load(dir)
+        // Serving needs no example files (they live outside a deployed folder); `check` still does.
+        let options = crate::mapping::LoadOptions {
+            example_files: false,
+        };
+        crate::mapping::MappingSet::load_with(dir, options)
             .map_err(|problems| problems.iter().map(ToString::to_string).collect())
     }
 

@@ -38,6 +38,24 @@ pub use examples::{Example, ExampleOutcome, Expectation, events_json};
 pub use schema::json_schema;
 pub use transform::Transform;
 
+/// How strictly to load a set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Whether every example's input and expected file must exist (and the expected file be a JSON
+    /// array). True for `check`/`test`; false for serving, because examples point outside the folder
+    /// (`../../fixtures/…`) and a deployed folder (e.g. `/etc/ferry/mappings` in the Docker image)
+    /// usually comes without them. Everything else is checked the same either way.
+    pub example_files: bool,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            example_files: true,
+        }
+    }
+}
+
 /// A loaded, checked set of mappings.
 #[derive(Debug)]
 pub struct MappingSet {
@@ -163,9 +181,15 @@ pub struct Explanation {
 }
 
 impl MappingSet {
-    /// Loads and checks a mapping directory, reporting every problem at once.
+    /// Loads and checks a mapping directory, reporting every problem at once, missing example files
+    /// included: what `ferry mappings check|test` and the test suite use.
     pub fn load(dir: &Path) -> Result<MappingSet, Vec<Problem>> {
-        let loaded = load::load(dir)?;
+        Self::load_with(dir, LoadOptions::default())
+    }
+
+    /// Loads with options; serving uses `LoadOptions { example_files: false }`.
+    pub fn load_with(dir: &Path, options: LoadOptions) -> Result<MappingSet, Vec<Problem>> {
+        let loaded = load::load(dir, options.example_files)?;
         let mut by_message: HashMap<(String, String), Vec<usize>> = HashMap::new();
         for (i, m) in loaded.ast.inbound.iter().enumerate() {
             for key in &m.messages {

@@ -682,6 +682,24 @@ examples:
             .iter()
             .any(|s| s.contains("broken") && s.contains("quotes"))
     );
+    // Serving does not need example files: the same set without them has no example problems.
+    let fixed = write_set(&[(
+        "inbound/bad.yaml",
+        &registered(&format!("  patient:\n    fields:\n  {IDS}"), "patient").replace(
+            "fields:\n  patient",
+            "examples:\n  - input: missing.hl7\n    expect: missing.json\nfields:\n  patient",
+        ),
+    )]);
+    assert!(MappingSet::load(fixed.path()).is_err());
+    let served = MappingSet::load_with(
+        fixed.path(),
+        LoadOptions {
+            example_files: false,
+        },
+    )
+    .unwrap();
+    assert_eq!(served.examples().len(), 1);
+    assert!(!served.run_examples()[0].passed);
     // Unknown keys say which are allowed.
     assert!(
         shown
