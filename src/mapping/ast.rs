@@ -179,6 +179,8 @@ pub(crate) struct Inbound {
     pub for_each: Vec<String>,
     pub fields: Vec<FieldRule>,
     pub fields_pos: Pos,
+    /// Every key written under `fields:`, also those whose rule had a problem.
+    pub written: Vec<String>,
     pub examples: Vec<ExampleSpec>,
 }
 

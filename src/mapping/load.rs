@@ -70,12 +70,16 @@ struct Loader<'d> {
     table_ids: HashMap<String, usize>,
     /// Whether example files must exist (see [`super::LoadOptions`]).
     example_files: bool,
+    /// `datatypes.yaml` exists but could not be read: its names are unknown, so "unknown datatype/rule"
+    /// would only repeat that one problem everywhere.
+    datatypes_broken: bool,
 }
 
 /// Loads and checks a mapping directory.
 pub(crate) fn load(dir: &FsPath, example_files: bool) -> Result<Loaded, Vec<Problem>> {
     let mut l = Loader {
         example_files,
+        datatypes_broken: false,
         dir,
         problems: Vec::new(),
         ast: Ast::default(),
@@ -318,10 +322,17 @@ impl Loader<'_> {
     }
 
     fn table(&mut self, rel: &FsPath) {
+        let name = stem(rel);
         let Some((file, node)) = self.read(rel, true) else {
+            // Known by name all the same, so rules using it are not reported as well.
+            self.table_ids.insert(name.clone(), self.ast.tables.len());
+            self.ast.tables.push(Table {
+                name,
+                map: HashMap::new(),
+                default: None,
+            });
             return;
         };
-        let name = stem(rel);
         let mut table = Table {
             name: name.clone(),
             map: HashMap::new(),
@@ -360,6 +371,7 @@ impl Loader<'_> {
 
     fn datatypes(&mut self) {
         let Some((file, node)) = self.read(FsPath::new("datatypes.yaml"), false) else {
+            self.datatypes_broken = self.dir.join("datatypes.yaml").exists();
             return;
         };
         let entries = self.entries(file, &node, &["datatypes", "rules"], "datatypes.yaml");
@@ -829,6 +841,9 @@ impl Loader<'_> {
                 let v = get("use")?;
                 let name = self.string(file, v, "`use`")?;
                 let Some(&id) = self.rule_ids.get(&name) else {
+                    if self.datatypes_broken {
+                        return None;
+                    }
                     let mut known: Vec<&str> = self.rule_ids.keys().map(String::as_str).collect();
                     known.sort_unstable();
                     self.problem(
@@ -865,6 +880,7 @@ impl Loader<'_> {
                         desc.push_str(&format!(" as {name}"));
                         rule.build = Some(Build::As(id));
                     }
+                    None if self.datatypes_broken => return None,
                     None => {
                         let mut known: Vec<&str> =
                             self.datatype_ids.keys().map(String::as_str).collect();
@@ -991,6 +1007,7 @@ impl Loader<'_> {
             stream: Vec::new(),
             stream_pos: node.pos,
             fields_pos: node.pos,
+            written: Vec::new(),
             when: Vec::new(),
             for_each: Vec::new(),
             fields: Vec::new(),
@@ -1091,6 +1108,12 @@ impl Loader<'_> {
                 }
                 "fields" => {
                     m.fields_pos = v.pos;
+                    if let Kind::Map(entries) = &v.kind {
+                        m.written = entries
+                            .iter()
+                            .filter_map(|(k, _)| k.as_str().map(str::to_string))
+                            .collect();
+                    }
                     m.fields = self.fields(file, v, false);
                 }
                 _ => m.examples = self.examples(file, rel, v),
@@ -1357,7 +1380,7 @@ impl Loader<'_> {
                 .and_then(|r| serde_json::from_value(r).ok())
                 .unwrap_or_default();
             for name in required {
-                if !m.fields.iter().any(|f| f.name == name) {
+                if !m.written.contains(&name) {
                     self.problem(
                         m.file,
                         m.fields_pos,

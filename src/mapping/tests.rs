@@ -881,3 +881,24 @@ fn shipped_mappings_explain_where_the_mrn_came_from() {
     assert_eq!(admitted.raw.as_deref(), Some("20261104180000"));
     assert_eq!(admitted.value, json!("2026-11-04T18:00:00+01:00"));
 }
+
+/// Regression: a syntax error in datatypes.yaml or a table was repeated as "unknown datatype/rule/table"
+/// at every use, burying the one real problem.
+#[test]
+fn a_broken_shared_file_is_one_problem() {
+    let fields = "  patient:\n    fields:\n      identifiers: { each: \"PID.3[*]\", as: CX }\n      sex: { path: PID.8, table: sex }\n      names: { use: svc }\n";
+    let dir = write_set(&[
+        ("datatypes.yaml", "datatypes:\n  CX: { path: PID.3[*] }\n"),
+        ("tables/sex.yaml", "map: [\n"),
+        ("inbound/a.yaml", &registered(fields, "patient")),
+    ]);
+    let problems = MappingSet::load(dir.path()).unwrap_err();
+    let shown: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert_eq!(problems.len(), 2, "{shown:#?}");
+    assert!(problems[0].file.ends_with("datatypes.yaml"), "{shown:#?}");
+    assert!(
+        shown[0].contains("put paths with brackets in quotes"),
+        "{shown:#?}"
+    );
+    assert!(problems[1].file.ends_with("tables/sex.yaml"), "{shown:#?}");
+}
