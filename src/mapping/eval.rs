@@ -116,6 +116,33 @@ enum Item<'a> {
 
 type Scope<'a> = Option<(Item<'a>, Loc)>;
 
+/// Where selected values go: a list for `each`/`pick`, or one slot for the first match, so the most
+/// common lookup (one path, one value) allocates nothing.
+trait Sink<'a> {
+    fn put(&mut self, x: (Item<'a>, Loc));
+    fn full(&self) -> bool;
+}
+
+impl<'a> Sink<'a> for Vec<(Item<'a>, Loc)> {
+    fn put(&mut self, x: (Item<'a>, Loc)) {
+        self.push(x);
+    }
+    fn full(&self) -> bool {
+        !self.is_empty()
+    }
+}
+
+impl<'a> Sink<'a> for Option<(Item<'a>, Loc)> {
+    fn put(&mut self, x: (Item<'a>, Loc)) {
+        if self.is_none() {
+            *self = Some(x);
+        }
+    }
+    fn full(&self) -> bool {
+        self.is_some()
+    }
+}
+
 /// One evaluation over one message.
 pub(crate) struct Eval<'s, 'm, 'a> {
     ast: &'s Ast,
@@ -267,13 +294,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
     }
 
     /// Every value a path selects (the first only, when `first_only`), with locations.
-    fn select(
-        &self,
-        scope: Scope<'a>,
-        p: &PathRef,
-        first_only: bool,
-        out: &mut Vec<(Item<'a>, Loc)>,
-    ) {
+    fn select(&self, scope: Scope<'a>, p: &PathRef, first_only: bool, out: &mut impl Sink<'a>) {
         match p {
             PathRef::Abs(path) => {
                 let (from, to) = self.range_for(&path.segment);
@@ -299,7 +320,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
                         first_only,
                         out,
                     );
-                    if first_only && !out.is_empty() {
+                    if first_only && out.full() {
                         return;
                     }
                 }
@@ -321,7 +342,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
 
     /// Goes down from an item: `step` (with `index` when it selects field repetitions), then `rest`.
     #[allow(clippy::too_many_arguments)]
-    fn descend(
+    fn descend<S: Sink<'a>>(
         &self,
         item: Item<'a>,
         loc: Loc,
@@ -329,10 +350,10 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         index: Index,
         rest: [Option<usize>; 2],
         first_only: bool,
-        out: &mut Vec<(Item<'a>, Loc)>,
+        out: &mut S,
     ) {
         let Some(n) = step else {
-            out.push((item, loc));
+            out.put((item, loc));
             return;
         };
         match item {
@@ -344,10 +365,10 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
                 floc.field = Some(n);
                 let value = field.value();
                 if rest[0].is_none() && index == Index::Default {
-                    out.push((Item::Val(value), floc));
+                    out.put((Item::Val(value), floc));
                     return;
                 }
-                let emit = |r: usize, rep: Value<'a>, out: &mut Vec<(Item<'a>, Loc)>| {
+                let emit = |r: usize, rep: Value<'a>, out: &mut S| {
                     let mut rloc = floc;
                     rloc.rep = Some(r);
                     self.descend(
@@ -374,7 +395,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
                     Index::All => {
                         for (i, rep) in value.repetitions().enumerate() {
                             emit(i + 1, rep, out);
-                            if first_only && !out.is_empty() {
+                            if first_only && out.full() {
                                 return;
                             }
                         }
@@ -419,9 +440,9 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
     }
 
     fn first(&self, scope: Scope<'a>, p: &PathRef) -> Option<(Item<'a>, Loc)> {
-        let mut out = Vec::with_capacity(1);
+        let mut out = None;
         self.select(scope, p, true, &mut out);
-        out.into_iter().next()
+        out
     }
 
     /// Where a path points even when nothing is there: for ERR-2 of a missing value.
