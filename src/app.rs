@@ -12,11 +12,14 @@ use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
+use arc_swap::ArcSwap;
+
 use crate::config::Settings;
 use crate::hl7::{Charset, DecodeOptions};
 use crate::listeners::http::{HealthState, router};
 use crate::listeners::mllp::{MllpListener, MllpOptions};
-use crate::pipeline::{Ingest, ListenerContext};
+use crate::mapping::MappingSet;
+use crate::pipeline::{Ingest, ListenerContext, Mappings};
 use crate::store::group_commit::{GroupCommitConfig, GroupCommitter};
 use crate::store::{ConnectOptions, DynStore, StoreError};
 
@@ -32,6 +35,28 @@ pub enum AppError {
     },
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The mapping folder has problems; each is `file:line:column: sentence`.
+    #[error("the mappings in {dir} have {} problem(s):\n{}", problems.len(), problems.join("\n"))]
+    Mappings { dir: String, problems: Vec<String> },
+    #[error("cannot watch the mappings folder {dir} for changes: {source}")]
+    Watch { dir: String, source: notify::Error },
+}
+
+/// Loads the mapping set at start-up. A folder with problems stops the start (better than
+/// accepting messages and mapping them wrongly); a missing folder runs with no mappings, every
+/// message accepted unmapped (or rejected, per listener), and says so.
+pub fn load_mappings(settings: &Settings) -> Result<Option<MappingSet>, AppError> {
+    let dir = &settings.mappings.dir;
+    if !dir.is_dir() {
+        tracing::warn!(dir = %dir.display(), "Mappings folder not found; running without mappings (messages are not mapped to events).");
+        return Ok(None);
+    }
+    MappingSet::load(dir)
+        .map(Some)
+        .map_err(|problems| AppError::Mappings {
+            dir: dir.display().to_string(),
+            problems: problems.iter().map(ToString::to_string).collect(),
+        })
 }
 
 /// A running Ferry.
@@ -40,6 +65,9 @@ pub struct App {
     pub mllp_addrs: Vec<(String, SocketAddr)>,
     pub http_addr: SocketAddr,
     pub store: DynStore,
+    /// The active mapping set (hot-reloaded when the folder changes).
+    pub mappings: Mappings,
+    watcher: Option<JoinHandle<()>>,
     shutdown: CancellationToken,
     listeners: Vec<JoinHandle<()>>,
     http: JoinHandle<()>,
@@ -80,8 +108,31 @@ impl App {
                 workers: settings.store.commit_workers,
             },
         );
-        let ingest = Arc::new(Ingest::new(committer));
         let shutdown = CancellationToken::new();
+        let loaded = load_mappings(settings)?;
+        let watching = loaded.is_some();
+        let set = loaded.unwrap_or_else(MappingSet::empty);
+        tracing::info!(
+            version = set.version(),
+            mappings = set.mappings().len(),
+            "Mappings active."
+        );
+        crate::reload::announce(None, set.version());
+        let mappings: Mappings = Arc::new(ArcSwap::from_pointee(set));
+        let watcher = if watching {
+            let dir = settings.mappings.dir.clone();
+            Some(
+                crate::reload::watch(dir.clone(), mappings.clone(), shutdown.clone()).map_err(
+                    |source| AppError::Watch {
+                        dir: dir.display().to_string(),
+                        source,
+                    },
+                )?,
+            )
+        } else {
+            None
+        };
+        let ingest = Arc::new(Ingest::new(committer, store.clone(), mappings.clone()));
 
         let mut bound = Vec::new();
         for l in settings.mllp_listeners() {
@@ -98,6 +149,7 @@ impl App {
                         default_charset: charset(&l.default_charset, "default_charset")?,
                         fallback,
                     },
+                    unmapped: l.unmapped,
                 },
                 max_frame_bytes: l.max_frame_bytes,
                 idle_timeout: Duration::from_secs(l.idle_timeout_secs),
@@ -136,6 +188,8 @@ impl App {
         let app_router = router(HealthState {
             store: store.clone(),
             listeners_up: listeners_up.clone(),
+            mappings: mappings.clone(),
+            metrics: crate::telemetry::metrics_handle(),
         });
         let http_shutdown = shutdown.clone();
         let http = tokio::spawn(async move {
@@ -160,6 +214,8 @@ impl App {
             mllp_addrs,
             http_addr,
             store,
+            mappings,
+            watcher,
             shutdown,
             listeners,
             http,
@@ -203,6 +259,9 @@ impl App {
             );
         }
         let _ = tokio::time::timeout(self.grace, &mut self.http).await;
+        if let Some(watcher) = self.watcher.take() {
+            let _ = watcher.await;
+        }
         // The listeners held the last handles on the ingest pipeline; once they are gone the
         // committer drains its queue and stops.
         let _ = tokio::time::timeout(self.grace, async {

@@ -11,6 +11,7 @@
 //! | decode bytes → text by MSH-18 | `src/hl7/decode.rs` |
 //! | parse (zero-copy), escapes, paths | `src/hl7/parse.rs`, `src/hl7/escape.rs`, `src/hl7/path.rs` |
 //! | ACK building | `src/hl7/ack.rs` |
+//! | mapping: HL7 v2 → domain events (YAML rules, checks, explain, examples) | `src/mapping/mod.rs` (loader `load.rs`, evaluator `eval.rs`) |
 //! | ingest: validate → commit → ACK | `src/pipeline.rs` |
 //! | group commit | `src/store/group_commit.rs` |
 //! | store contract; SQLite and PostgreSQL backends | `src/store/mod.rs`, `src/store/sqlite.rs`, `src/store/postgres.rs` |
@@ -27,6 +28,7 @@ pub mod domain;
 pub mod hl7;
 pub mod listeners;
 pub mod loadgen;
+pub mod mapping;
 pub mod mllp;
 pub mod pipeline;
 pub mod reload;

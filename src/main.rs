@@ -12,6 +12,7 @@ use ferry::app::App;
 use ferry::config::Settings;
 use ferry::hl7::ack::{expects_accept_ack, summarize_ack};
 use ferry::loadgen;
+use ferry::mapping::{Mapped, MappingSet};
 use ferry::mllp::client::{MllpClient, split_messages};
 
 #[derive(Parser)]
@@ -46,10 +47,49 @@ enum Command {
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
     },
+    /// Check, test and document the mapping files.
+    Mappings {
+        #[command(subcommand)]
+        what: MappingsCommand,
+    },
+    /// Map one HL7 v2 message file with the mappings and print the events it produces.
+    Map {
+        /// The message file (any MSH-18 character set).
+        file: PathBuf,
+        /// Show, for every output field, the rule, the source path and the raw value.
+        #[arg(long)]
+        explain: bool,
+        /// The mappings folder.
+        #[arg(long, env = "FERRY_MAPPINGS_DIR", default_value = "mappings")]
+        mappings: PathBuf,
+    },
     /// Load generators.
     Bench {
         #[command(subcommand)]
         what: BenchCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum MappingsCommand {
+    /// Load every mapping file and report every problem (file:line:column), exit 1 if any.
+    Check {
+        #[arg(env = "FERRY_MAPPINGS_DIR", default_value = "mappings")]
+        dir: PathBuf,
+    },
+    /// Run every example listed in the mapping files; print a diff for each failure, exit 1 if any.
+    Test {
+        #[arg(env = "FERRY_MAPPINGS_DIR", default_value = "mappings")]
+        dir: PathBuf,
+    },
+    /// Print (or write) the JSON Schema of mapping files, for editors with a YAML language server.
+    Schema {
+        /// Write to this file instead of stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// The schema of the domain events (the catalogue) instead.
+        #[arg(long)]
+        events: bool,
     },
 }
 
@@ -104,6 +144,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("ferry: {} store migrated", store.backend());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Mappings { what } => mappings_command(what),
+        Command::Map {
+            file,
+            explain,
+            mappings,
+        } => map_file(&file, explain, &mappings),
         Command::Send {
             files,
             to,
@@ -246,4 +292,164 @@ async fn send(files: Vec<PathBuf>, to: &str, timeout: Duration) -> anyhow::Resul
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn load_mappings(dir: &std::path::Path) -> anyhow::Result<Result<MappingSet, ExitCode>> {
+    match MappingSet::load(dir) {
+        Ok(set) => Ok(Ok(set)),
+        Err(problems) => {
+            for p in &problems {
+                println!("{p}");
+            }
+            println!(
+                "ferry: {} problem(s) in {}; nothing was loaded",
+                problems.len(),
+                dir.display()
+            );
+            Ok(Err(ExitCode::FAILURE))
+        }
+    }
+}
+
+fn mappings_command(what: MappingsCommand) -> anyhow::Result<ExitCode> {
+    match what {
+        MappingsCommand::Check { dir } => {
+            let set = match load_mappings(&dir)? {
+                Ok(set) => set,
+                Err(code) => return Ok(code),
+            };
+            println!(
+                "ferry: {} mapping(s) in {} are valid (version {})",
+                set.mappings().len(),
+                dir.display(),
+                set.version()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        MappingsCommand::Test { dir } => {
+            let set = match load_mappings(&dir)? {
+                Ok(set) => set,
+                Err(code) => return Ok(code),
+            };
+            let outcomes = set.run_examples();
+            let failed = outcomes.iter().filter(|o| !o.passed).count();
+            for o in &outcomes {
+                let status = if o.passed { "ok  " } else { "FAIL" };
+                println!(
+                    "{status} {}:{} {} <- {}",
+                    o.example.file.display(),
+                    o.example.line,
+                    o.example.mapping,
+                    o.example.input.display()
+                );
+                if !o.passed {
+                    for line in o.message.lines() {
+                        println!("     {line}");
+                    }
+                }
+            }
+            println!(
+                "ferry: {} example(s), {} passed, {failed} failed",
+                outcomes.len(),
+                outcomes.len() - failed
+            );
+            Ok(if failed == 0 && !outcomes.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        MappingsCommand::Schema { output, events } => {
+            let schema = if events {
+                ferry::domain::catalogue_schema()
+            } else {
+                ferry::mapping::json_schema()
+            };
+            let text = serde_json::to_string_pretty(&schema)? + "\n";
+            match output {
+                Some(path) => std::fs::write(&path, text)
+                    .with_context(|| format!("cannot write {}", path.display()))?,
+                None => print!("{text}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn map_file(
+    file: &std::path::Path,
+    explain: bool,
+    dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let set = match load_mappings(dir)? {
+        Ok(set) => set,
+        Err(code) => return Ok(code),
+    };
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let decoded = ferry::hl7::decode(&bytes, &ferry::hl7::DecodeOptions::default())
+        .with_context(|| format!("cannot decode {}", file.display()))?;
+    let message = ferry::hl7::Message::parse(&decoded.text)
+        .with_context(|| format!("{} is not an HL7 v2 message", file.display()))?;
+    let result = if explain {
+        set.explain(&message).map(|(m, e)| (m, Some(e)))
+    } else {
+        set.map(&message).map(|m| (m, None))
+    };
+    match result {
+        Ok((mapped, explanations)) => {
+            if matches!(mapped, Mapped::Unmapped) {
+                eprintln!(
+                    "ferry: no mapping applies to message type {}",
+                    message.msh_field(9)
+                );
+            }
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&ferry::mapping::events_json(&mapped))?
+            );
+            if let Some(explanations) = explanations {
+                print_explanations(&explanations);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!(
+                "AE {} at {}: {} (mapping {})",
+                e.code.code(),
+                e.location
+                    .as_ref()
+                    .map_or_else(|| "no location".to_owned(), |l| l.to_erl('^')),
+                e.message,
+                e.mapping
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// One line per output field: where it came from.
+fn print_explanations(explanations: &[ferry::mapping::Explanation]) {
+    let width = explanations
+        .iter()
+        .map(|e| e.output.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut event = usize::MAX;
+    for e in explanations {
+        if e.event != event {
+            event = e.event;
+            println!("\nevent {}:", e.event + 1);
+        }
+        println!(
+            "  {:width$}  = {}  <- {} {}{}",
+            e.output,
+            e.value,
+            e.source.as_deref().unwrap_or("(constant)"),
+            e.raw
+                .as_deref()
+                .map(|r| format!("raw {r:?} "))
+                .unwrap_or_default(),
+            format_args!("by {}", e.rule),
+        );
+    }
 }

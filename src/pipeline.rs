@@ -1,26 +1,33 @@
-//! The ingest pipeline: frame payload → decode → parse → validate → durable commit → ACK.
+//! The ingest pipeline: frame payload → decode → parse → validate → map → durable commit → ACK.
 //!
-//! This sits between the MLLP listener and the inner parts (`hl7`, `store`). Its one promise: an
-//! accepting ACK (AA/CA) is built for a message only once the message's inbound log row and
-//! idempotency record are committed. A resend (same tenant, MSH-3, MSH-4 and MSH-10, same content)
+//! This sits between the MLLP listener and the inner parts (`hl7`, `mapping`, `store`). Its one
+//! promise: an accepting ACK (AA/CA) is built for a message only once the message's inbound log
+//! row, idempotency record and domain events are committed, in one transaction. A resend (same tenant, MSH-3, MSH-4 and MSH-10, same content)
 //! gets the byte-identical original ACK and writes nothing. Bad input gets AE/AR with an ERR segment
 //! saying what is wrong, and its raw bytes are kept in the inbound log.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::config::UnmappedPolicy;
+use crate::domain::{StreamKind, stream_id, stream_key};
 use crate::hl7::ack::{
     AckCode, AckError, AckHeader, AckMode, Disposition, ErrorCode, ErrorLocation, build_ack,
 };
 use crate::hl7::{Charset, DecodeError, DecodeOptions, Message, ParseError, decode, encode};
+use crate::mapping::{MapError, Mapped, MappedEvent, MappingSet};
 use crate::store::group_commit::{CommitError, GroupCommitter};
 use crate::store::{
-    IdempotencyKey, IdempotencyRecord, InboundRecord, InboundStatus, IngestOutcome, IngestWrite,
+    DynStore, ExpectedVersion, IdempotencyKey, IdempotencyRecord, InboundRecord, InboundStatus,
+    IngestOutcome, IngestWrite, NewEvent,
 };
 
 /// HL7 versions Ferry accepts in MSH-12.
@@ -35,6 +42,8 @@ pub struct ListenerContext {
     pub name: String,
     pub hospital_id: String,
     pub decode: DecodeOptions,
+    /// What to answer when no mapping handles the message type.
+    pub unmapped: UnmappedPolicy,
 }
 
 /// The pipeline's answer to one frame.
@@ -74,9 +83,15 @@ impl ControlIds {
     }
 }
 
+/// The active mapping set, swapped as a whole on hot reload (see `crate::reload`).
+pub type Mappings = Arc<ArcSwap<MappingSet>>;
+
 /// The ingest pipeline shared by all connections of all MLLP listeners.
 pub struct Ingest {
     committer: GroupCommitter,
+    /// For the rare lookups outside a commit (a resend whose mapping now fails).
+    store: DynStore,
+    mappings: Mappings,
     ids: ControlIds,
 }
 
@@ -86,9 +101,11 @@ struct Rejection {
 }
 
 impl Ingest {
-    pub fn new(committer: GroupCommitter) -> Self {
+    pub fn new(committer: GroupCommitter, store: DynStore, mappings: Mappings) -> Self {
         Self {
             committer,
+            store,
+            mappings,
             ids: ControlIds::default(),
         }
     }
@@ -96,6 +113,17 @@ impl Ingest {
     /// Processes one frame's payload and returns what to answer. Never panics on input and never
     /// returns an accepting ACK for something not committed.
     pub async fn handle(&self, ctx: &ListenerContext, peer: &str, payload: &[u8]) -> Reply {
+        let reply = self.process(ctx, peer, payload).await;
+        metrics::counter!(
+            "ferry_messages_total",
+            "listener" => ctx.name.clone(),
+            "code" => reply.code.as_str()
+        )
+        .increment(1);
+        reply
+    }
+
+    async fn process(&self, ctx: &ListenerContext, peer: &str, payload: &[u8]) -> Reply {
         let received = Received {
             ctx,
             peer,
@@ -203,8 +231,6 @@ impl Ingest {
             AckMode::Original => AckCode::AA,
             AckMode::Enhanced { .. } => AckCode::CA,
         });
-        let ack_text = build_ack(header, code, &[], &self.ids.next(now), now);
-        let ack_bytes = encode(&ack_text, charset).into_owned();
         let content_hash = content_hash(message);
         let inbound_id = Uuid::now_v7();
         let key = IdempotencyKey {
@@ -213,6 +239,64 @@ impl Ingest {
             sending_facility: message.msh_field(4).to_owned(),
             control_id: message.msh_field(10).to_owned(),
         };
+        // One snapshot of the mapping set for the whole message: a reload in between cannot mix
+        // two sets' rules in one message's events.
+        let mappings = self.mappings.load_full();
+        let events = match mappings.map(message) {
+            Ok(Mapped::Events(events)) => {
+                let meta = EventContext {
+                    received,
+                    message,
+                    inbound_id,
+                    mapping_version: mappings.version(),
+                };
+                events.iter().map(|e| meta.new_event(e)).collect()
+            }
+            Ok(Mapped::Unmapped) => match ctx.unmapped {
+                UnmappedPolicy::Accept => {
+                    tracing::debug!(listener = %ctx.name, message_type = message.msh_field(9), "No mapping for this message type; accepted unmapped.");
+                    metrics::counter!("ferry_messages_unmapped_total", "listener" => ctx.name.clone()).increment(1);
+                    Vec::new()
+                }
+                UnmappedPolicy::Reject => {
+                    let rejection = Rejection {
+                        disposition: Disposition::Reject,
+                        error: AckError::new(
+                            ErrorCode::UnsupportedMessageType,
+                            Some(ErrorLocation::msh(9)),
+                            format!(
+                                "no mapping handles message type {} and this listener rejects unmapped messages (unmapped = \"reject\")",
+                                message.msh_field(9)
+                            ),
+                        ),
+                    };
+                    return self
+                        .reject(
+                            received,
+                            Some(message.text()),
+                            Some(charset),
+                            header,
+                            rejection,
+                        )
+                        .await;
+                }
+            },
+            Err(error) => {
+                return self
+                    .mapping_failed(
+                        received,
+                        message,
+                        charset,
+                        header,
+                        &key,
+                        &content_hash,
+                        &error,
+                    )
+                    .await;
+            }
+        };
+        let ack_text = build_ack(header, code, &[], &self.ids.next(now), now);
+        let ack_bytes = encode(&ack_text, charset).into_owned();
         let write = IngestWrite {
             inbound: InboundRecord {
                 id: inbound_id,
@@ -237,7 +321,7 @@ impl Ingest {
                 ack: ack_bytes.clone(),
                 inbound_id,
             }),
-            events: Vec::new(),
+            events,
         };
         let peer = received.peer;
         match self.committer.commit(write).await {
@@ -281,6 +365,55 @@ impl Ingest {
             }
             Err(e) => store_failure_reply(ctx, peer, header, charset, &self.ids, &e),
         }
+    }
+
+    /// A message the active mappings cannot map: AE pointing at the field. A resend of a message
+    /// accepted earlier (perhaps under an older mapping set) still gets its original ACK: the
+    /// promise to the sender does not change with the mappings.
+    #[allow(clippy::too_many_arguments)]
+    async fn mapping_failed(
+        &self,
+        received: &Received<'_>,
+        message: &Message<'_>,
+        charset: Charset,
+        header: &AckHeader,
+        key: &IdempotencyKey,
+        content_hash: &[u8],
+        error: &MapError,
+    ) -> Reply {
+        if let Ok(Some(original)) = self.store.idempotency(key).await
+            && original.content_hash == content_hash
+        {
+            let code = header.mode.code_for(Disposition::Accept);
+            return Reply {
+                ack: code.map(|_| Bytes::from(original.ack)),
+                code: code.unwrap_or(AckCode::AA),
+                close: false,
+            };
+        }
+        tracing::info!(
+            listener = %received.ctx.name,
+            mapping = %error.mapping,
+            error_code = error.code.code(),
+            path = %error.path,
+            "Message could not be mapped."
+        );
+        let rejection = Rejection {
+            disposition: Disposition::Error,
+            error: AckError::new(
+                error.code.error_code(),
+                error.location.clone().map(ErrorLocation::from),
+                format!("{} (mapping {})", error.message, error.mapping),
+            ),
+        };
+        self.reject(
+            received,
+            Some(message.text()),
+            Some(charset),
+            header,
+            rejection,
+        )
+        .await
     }
 
     /// Logs a rejected message (raw bytes kept, no idempotency record, so a corrected resend is
@@ -346,6 +479,66 @@ impl Ingest {
             ack: send_code.map(|_| Bytes::from(ack_bytes)),
             code,
             close: false,
+        }
+    }
+}
+
+/// What every event of one message carries in its metadata.
+struct EventContext<'r, 'm> {
+    received: &'r Received<'r>,
+    message: &'r Message<'m>,
+    inbound_id: Uuid,
+    mapping_version: &'r str,
+}
+
+impl EventContext<'_, '_> {
+    /// The stored event: its stream id derived from the tenant and the key the mapping found, and
+    /// metadata saying where it came from. The ids of the patient, encounter and order streams the
+    /// payload mentions are in `metadata.streams`, so projections and outbound lanes (per patient)
+    /// need not derive them again.
+    fn new_event(&self, event: &MappedEvent) -> NewEvent {
+        let tenant = self.received.ctx.hospital_id.as_str();
+        let (authority, value) = &event.stream_key;
+        let mut streams = serde_json::Map::new();
+        for kind in [
+            StreamKind::Patient,
+            StreamKind::Encounter,
+            StreamKind::Order,
+        ] {
+            if let Some((a, v)) = stream_key(kind, &event.payload) {
+                streams.insert(
+                    kind.as_str().to_owned(),
+                    stream_id(kind, tenant, a.as_deref(), &v).into(),
+                );
+            }
+        }
+        let received_at = self
+            .received
+            .at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        NewEvent {
+            stream_id: stream_id(event.stream, tenant, authority.as_deref(), value),
+            // HL7 feeds are authoritative and ordered by their sender: append whatever the
+            // stream's version. FHIR writes with If-Match will use `Exactly`.
+            expected_version: ExpectedVersion::Any,
+            event_type: event.event_type.clone(),
+            schema_version: event.schema_version,
+            payload: event.payload.clone(),
+            metadata: serde_json::json!({
+                "channel": self.received.ctx.name,
+                "sender": {
+                    "application": self.message.msh_field(3),
+                    "facility": self.message.msh_field(4),
+                },
+                "control_id": self.message.msh_field(10),
+                "message_type": self.message.msh_field(9),
+                "inbound_id": self.inbound_id.hyphenated().to_string(),
+                "mapping": event.mapping,
+                "mapping_version": self.mapping_version,
+                "received_at": received_at,
+                "streams": streams,
+            }),
         }
     }
 }

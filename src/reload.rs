@@ -26,8 +26,26 @@ pub trait Reloadable: Send + Sync + Sized + 'static {
     fn load(dir: &Path) -> Result<Self, Vec<String>>;
     /// A content version (hash), logged and compared so that a touch without a change is quiet.
     fn version(&self) -> &str;
-    /// Called after a set was swapped in (metrics).
-    fn activated(&self) {}
+}
+
+/// Publishes the active version as the `ferry_mappings_active{version}` gauge (1 for the active
+/// set, 0 for the one it replaced), so dashboards see which set mapped what.
+pub fn announce(previous: Option<&str>, active: &str) {
+    if let Some(previous) = previous {
+        metrics::gauge!("ferry_mappings_active", "version" => previous.to_owned()).set(0.0);
+    }
+    metrics::gauge!("ferry_mappings_active", "version" => active.to_owned()).set(1.0);
+}
+
+impl Reloadable for crate::mapping::MappingSet {
+    fn load(dir: &Path) -> Result<Self, Vec<String>> {
+        crate::mapping::MappingSet::load(dir)
+            .map_err(|problems| problems.iter().map(ToString::to_string).collect())
+    }
+
+    fn version(&self) -> &str {
+        crate::mapping::MappingSet::version(self)
+    }
 }
 
 /// Starts watching `dir`; changes reload into `target`. The task ends when `shutdown` is cancelled.
@@ -78,7 +96,7 @@ pub async fn reload<T: Reloadable>(dir: &Path, target: &ArcSwap<T>) -> bool {
                 return false;
             }
             tracing::info!(%dir, version = set.version(), previous = previous.version(), "Mappings reloaded and active.");
-            set.activated();
+            announce(Some(previous.version()), set.version());
             target.store(Arc::new(set));
             metrics::counter!("ferry_mapping_reloads_total", "result" => "applied").increment(1);
             true

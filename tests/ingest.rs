@@ -57,6 +57,9 @@ fn settings(url: &str, tweak: impl FnOnce(&mut MllpListenerSettings)) -> Setting
     };
     s.store.url = url.to_owned();
     s.http.listen = "127.0.0.1:0".parse().unwrap();
+    // These tests are about framing, ACKs and durability, and send the whole corpus: without
+    // mappings every well-formed message is accepted unmapped. Mapped ingest is tests/mapped_ingest.rs.
+    s.mappings.dir = "tests/no-mappings-here".into();
     s
 }
 

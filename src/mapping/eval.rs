@@ -1,0 +1,880 @@
+//! Evaluating checked rules over a parsed message.
+//!
+//! Paths resolve against a *scope*: the message (or the current `for_each` group), a segment (`each: OBX[*]`) or
+//! a value (`each: PID.3[*]`, `as: CX`). Every selected value carries its location, so that a missing required
+//! value, a bad date or an unknown code becomes an error pointing at segment, occurrence, field, repetition and
+//! component — also when the value is absent and only the path says where it should have been.
+//!
+//! A value used as text is its first component's first subcomponent, decoded: HL7 lets a field grow components
+//! across versions (PV1-2 is IS in 2.5 and CWE in 2.7), and reading the first component keeps a mapping written
+//! for one version working for the other. Empty values and HL7's null `""` are absent.
+
+use serde_json::{Map, Value as J};
+
+use crate::domain::{self, StreamKind};
+use crate::hl7::{Index, Level, Location, Message, Segment, Value};
+
+use super::ast::{Ast, Build, Condition, FieldRule, Inbound, Match, PathRef, Rule, Source, Test};
+use super::transform::Out;
+use super::{Explanation, MapError, MapErrorCode, MappedEvent};
+
+/// Where a value is (or would be). Segment IDs are always three ASCII characters, so the location is `Copy` and
+/// costs no allocation until an error or an explanation needs it as text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loc {
+    id: [u8; 3],
+    occurrence: usize,
+    /// 1-based among all segments; 0 when the segment is not in the message.
+    position: usize,
+    field: Option<usize>,
+    rep: Option<usize>,
+    comp: Option<usize>,
+    sub: Option<usize>,
+}
+
+impl Loc {
+    fn segment(id: &str, occurrence: usize, position: usize) -> Loc {
+        let b = id.as_bytes();
+        let mut arr = [b'?'; 3];
+        for (i, c) in b.iter().take(3).enumerate() {
+            arr[i] = *c;
+        }
+        Loc {
+            id: arr,
+            occurrence,
+            position,
+            field: None,
+            rep: None,
+            comp: None,
+            sub: None,
+        }
+    }
+
+    fn id(&self) -> &str {
+        std::str::from_utf8(&self.id).unwrap_or("???")
+    }
+
+    /// As the HL7 module's location; a component always comes with its repetition (1 when none was named), so
+    /// that both ERL writers agree (`PID^1^3^1^1`).
+    pub fn location(&self) -> Location {
+        Location {
+            segment: self.id().to_string(),
+            occurrence: self.occurrence,
+            position: self.position,
+            field: self.field,
+            repetition: self.rep.or(self.comp.map(|_| 1)),
+            component: self.comp,
+            subcomponent: self.sub,
+        }
+    }
+
+    /// The path syntax of mapping files, indexes shown only when not 1: `PID.3[2].1`, `OBX[2].5`.
+    pub fn path(&self) -> String {
+        let mut s = self.id().to_string();
+        if self.occurrence > 1 {
+            s.push_str(&format!("[{}]", self.occurrence));
+        }
+        if let Some(f) = self.field {
+            s.push_str(&format!(".{f}"));
+            if let Some(r) = self.rep.filter(|r| *r > 1) {
+                s.push_str(&format!("[{r}]"));
+            }
+            if let Some(c) = self.comp {
+                s.push_str(&format!(".{c}"));
+                if let Some(x) = self.sub {
+                    s.push_str(&format!(".{x}"));
+                }
+            }
+        }
+        s
+    }
+
+    /// One level down from a value at `level`.
+    fn down(mut self, level: Level, n: usize) -> Loc {
+        match level {
+            Level::Field => {
+                self.rep = self.rep.or(Some(1));
+                self.comp = Some(n);
+            }
+            Level::Repetition => self.comp = Some(n),
+            Level::Component => self.sub = Some(n),
+            Level::Leaf => {}
+        }
+        self
+    }
+}
+
+/// Evaluation results: the error is boxed because it is rare and the `Ok` path runs for every rule.
+type Res<T> = Result<T, Box<MapError>>;
+
+/// What a path selected: a whole segment or a value inside one.
+#[derive(Debug, Clone, Copy)]
+enum Item<'a> {
+    Seg(usize),
+    Val(Value<'a>),
+}
+
+type Scope<'a> = Option<(Item<'a>, Loc)>;
+
+/// One evaluation over one message.
+pub(crate) struct Eval<'s, 'm, 'a> {
+    ast: &'s Ast,
+    tz: &'s jiff::tz::TimeZone,
+    segs: Vec<Segment<'m, 'a>>,
+    /// The current `for_each` group as a half-open range of segment indexes.
+    group: Option<(usize, usize)>,
+    /// Segment IDs that resolve inside the group (those found from the first group on).
+    group_ids: Vec<&'a str>,
+    mapping: &'s str,
+    /// `Some` while explaining: the records so far.
+    pub explain: Option<Vec<Explanation>>,
+    event_index: usize,
+    out: String,
+    rules: Vec<&'s str>,
+}
+
+fn is_blank(v: &Value<'_>) -> bool {
+    let s = v.separators();
+    v.is_null()
+        || v.raw()
+            .bytes()
+            .all(|b| b == s.component || b == s.subcomponent || b == s.repetition)
+}
+
+/// The text of a value: first repetition, component and subcomponent, decoded; `None` when empty or null.
+fn leaf<'a>(item: Item<'a>, mut loc: Loc) -> Option<(&'a str, String, Loc)> {
+    let Item::Val(mut v) = item else {
+        return None;
+    };
+    loop {
+        let next = match v.level() {
+            Level::Field => v.repetition(1),
+            Level::Repetition | Level::Component => v.component(1),
+            Level::Leaf => break,
+        };
+        let Some(n) = next else { break };
+        if n.raw().len() != v.raw().len() {
+            match v.level() {
+                Level::Field => loc.rep = Some(1),
+                Level::Repetition => loc.comp = Some(1),
+                Level::Component => loc.sub = Some(1),
+                Level::Leaf => {}
+            }
+        }
+        v = n;
+    }
+    if v.raw().is_empty() || v.is_null() {
+        return None;
+    }
+    let text = v.decoded().into_owned();
+    if text.is_empty() {
+        return None;
+    }
+    Some((v.raw(), text, loc))
+}
+
+impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
+    pub fn new(
+        ast: &'s Ast,
+        tz: &'s jiff::tz::TimeZone,
+        msg: &'m Message<'a>,
+        explain: bool,
+    ) -> Self {
+        Eval {
+            ast,
+            tz,
+            segs: msg.segments().collect(),
+            group: None,
+            group_ids: Vec::new(),
+            mapping: "",
+            explain: explain.then(Vec::new),
+            event_index: 0,
+            out: String::new(),
+            rules: Vec::new(),
+        }
+    }
+
+    fn err(&self, code: MapErrorCode, loc: Option<Loc>, message: String) -> Box<MapError> {
+        Box::new(MapError {
+            code,
+            location: loc.map(|l| l.location()),
+            path: loc.map(|l| l.path()).unwrap_or_default(),
+            message,
+            mapping: self.mapping.to_string(),
+        })
+    }
+
+    // ---- groups ----------------------------------------------------------------------------------------
+
+    /// `for_each` groups: a group starts at a listed segment unless the current group has not yet reached a
+    /// later-listed one (`[ORC, OBR]`: ORC then OBR form one group; a second OBR or any ORC starts the next).
+    pub fn groups(&mut self, starts: &[String]) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut cur: Option<(usize, usize)> = None;
+        for (i, seg) in self.segs.iter().enumerate() {
+            let Some(rank) = starts.iter().position(|s| s == seg.id()) else {
+                continue;
+            };
+            match cur {
+                Some((start, max)) if rank <= max => {
+                    out.push((start, i));
+                    cur = Some((i, rank));
+                }
+                Some((start, max)) => cur = Some((start, max.max(rank))),
+                None => cur = Some((i, rank)),
+            }
+        }
+        if let Some((start, _)) = cur {
+            out.push((start, self.segs.len()));
+        }
+        self.group_ids.clear();
+        if let Some((first, _)) = out.first() {
+            for s in &self.segs[*first..] {
+                if !self.group_ids.contains(&s.id()) {
+                    self.group_ids.push(s.id());
+                }
+            }
+        }
+        out
+    }
+
+    // ---- selection -------------------------------------------------------------------------------------
+
+    /// The segment range an absolute path's segment resolves in.
+    fn range_for(&self, id: &str) -> (usize, usize) {
+        match self.group {
+            Some(g) if self.group_ids.contains(&id) => g,
+            _ => (0, self.segs.len()),
+        }
+    }
+
+    fn seg_loc(&self, idx: usize) -> Loc {
+        let s = &self.segs[idx];
+        Loc::segment(s.id(), s.occurrence(), s.position())
+    }
+
+    /// Every value a path selects (the first only, when `first_only`), with locations.
+    fn select(
+        &self,
+        scope: Scope<'a>,
+        p: &PathRef,
+        first_only: bool,
+        out: &mut Vec<(Item<'a>, Loc)>,
+    ) {
+        match p {
+            PathRef::Abs(path) => {
+                let (from, to) = self.range_for(&path.segment);
+                let mut seen = 0usize;
+                for idx in from..to {
+                    if self.segs[idx].id() != path.segment {
+                        continue;
+                    }
+                    seen += 1;
+                    match path.segment_index {
+                        Index::Default if seen > 1 => return,
+                        Index::Nth(n) if seen < n => continue,
+                        Index::Nth(n) if seen > n => return,
+                        _ => {}
+                    }
+                    let loc = self.seg_loc(idx);
+                    self.descend(
+                        Item::Seg(idx),
+                        loc,
+                        path.field,
+                        path.repetition,
+                        [path.component, path.subcomponent],
+                        first_only,
+                        out,
+                    );
+                    if first_only && !out.is_empty() {
+                        return;
+                    }
+                }
+            }
+            PathRef::Rel(path) => {
+                let Some((item, loc)) = scope else { return };
+                self.descend(
+                    item,
+                    loc,
+                    path.field,
+                    path.repetition,
+                    [path.component, path.subcomponent],
+                    first_only,
+                    out,
+                );
+            }
+        }
+    }
+
+    /// Goes down from an item: `step` (with `index` when it selects field repetitions), then `rest`.
+    #[allow(clippy::too_many_arguments)]
+    fn descend(
+        &self,
+        item: Item<'a>,
+        loc: Loc,
+        step: Option<usize>,
+        index: Index,
+        rest: [Option<usize>; 2],
+        first_only: bool,
+        out: &mut Vec<(Item<'a>, Loc)>,
+    ) {
+        let Some(n) = step else {
+            out.push((item, loc));
+            return;
+        };
+        match item {
+            Item::Seg(idx) => {
+                let Some(field) = self.segs[idx].field(n) else {
+                    return;
+                };
+                let mut floc = loc;
+                floc.field = Some(n);
+                let value = field.value();
+                if rest[0].is_none() && index == Index::Default {
+                    out.push((Item::Val(value), floc));
+                    return;
+                }
+                let emit = |r: usize, rep: Value<'a>, out: &mut Vec<(Item<'a>, Loc)>| {
+                    let mut rloc = floc;
+                    rloc.rep = Some(r);
+                    self.descend(
+                        Item::Val(rep),
+                        rloc,
+                        rest[0],
+                        Index::Default,
+                        [rest[1], None],
+                        first_only,
+                        out,
+                    );
+                };
+                match index {
+                    Index::Default => {
+                        if let Some(rep) = value.repetition(1) {
+                            emit(1, rep, out);
+                        }
+                    }
+                    Index::Nth(r) => {
+                        if let Some(rep) = value.repetition(r) {
+                            emit(r, rep, out);
+                        }
+                    }
+                    Index::All => {
+                        for (i, rep) in value.repetitions().enumerate() {
+                            emit(i + 1, rep, out);
+                            if first_only && !out.is_empty() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            Item::Val(v) => {
+                // A field-level value may be asked for a repetition first (`.[2]` is not in the syntax, but
+                // a relative `.1[2]` from a field picks repetition 2's component 1).
+                let (v, loc) = match (v.level(), index) {
+                    (Level::Field, Index::Nth(r)) => match v.repetition(r) {
+                        Some(rep) => (
+                            rep,
+                            Loc {
+                                rep: Some(r),
+                                ..loc
+                            },
+                        ),
+                        None => return,
+                    },
+                    _ => (v, loc),
+                };
+                let next = match v.level() {
+                    Level::Leaf if n == 1 => Some(v),
+                    Level::Leaf => None,
+                    _ => v.component(n),
+                };
+                if let Some(c) = next {
+                    let cloc = loc.down(v.level(), n);
+                    self.descend(
+                        Item::Val(c),
+                        cloc,
+                        rest[0],
+                        Index::Default,
+                        [rest[1], None],
+                        first_only,
+                        out,
+                    );
+                }
+            }
+        }
+    }
+
+    fn first(&self, scope: Scope<'a>, p: &PathRef) -> Option<(Item<'a>, Loc)> {
+        let mut out = Vec::with_capacity(1);
+        self.select(scope, p, true, &mut out);
+        out.into_iter().next()
+    }
+
+    /// Where a path points even when nothing is there: for ERR-2 of a missing value.
+    fn loc_of(&self, scope: Scope<'a>, p: &PathRef) -> Option<Loc> {
+        let path = p.path();
+        let (mut loc, level) = match p {
+            PathRef::Abs(_) => {
+                let (from, to) = self.range_for(&path.segment);
+                let wanted = match path.segment_index {
+                    Index::Nth(n) => n,
+                    _ => 1,
+                };
+                let found = (from..to)
+                    .filter(|&i| self.segs[i].id() == path.segment)
+                    .nth(wanted - 1);
+                let loc = match found {
+                    Some(idx) => self.seg_loc(idx),
+                    None => {
+                        let before = self.segs[..from]
+                            .iter()
+                            .filter(|s| s.id() == path.segment)
+                            .count();
+                        Loc::segment(&path.segment, before + wanted, 0)
+                    }
+                };
+                (loc, None)
+            }
+            PathRef::Rel(_) => {
+                let (item, loc) = scope?;
+                match item {
+                    Item::Seg(_) => (loc, None),
+                    Item::Val(v) => (loc, Some(v.level())),
+                }
+            }
+        };
+        let steps = [path.field, path.component, path.subcomponent];
+        match level {
+            None => {
+                loc.field = path.field.or(loc.field);
+                loc.rep = match path.repetition {
+                    Index::Nth(r) => Some(r),
+                    _ => None,
+                };
+                loc.comp = path.component;
+                loc.sub = path.subcomponent;
+            }
+            Some(mut level) => {
+                for n in steps.into_iter().flatten() {
+                    loc = loc.down(level, n);
+                    level = match level {
+                        Level::Field | Level::Repetition => Level::Component,
+                        _ => Level::Leaf,
+                    };
+                }
+            }
+        }
+        Some(loc)
+    }
+
+    /// The location a rule reads first, for an error about its value being missing.
+    fn primary_loc(&self, rule: &Rule, scope: Scope<'a>) -> Option<Loc> {
+        match &rule.source {
+            Source::Path(p) | Source::Pick { path: p, .. } => self.loc_of(scope, p),
+            Source::Each { paths: ps, .. } => ps.first().and_then(|p| self.loc_of(scope, p)),
+            Source::First(rs) | Source::Join { parts: rs, .. } => {
+                rs.first().and_then(|r| self.primary_loc(r, scope))
+            }
+            Source::Use(id) => self.primary_loc(&self.ast.rules[*id].rule, None),
+            Source::Const(_) | Source::Fields(_) => None,
+        }
+    }
+
+    /// The source location of an output field (`["patient", "identifiers"]`), following `use` and `fields`.
+    pub fn field_source(&self, fields: &[FieldRule], names: &[&str]) -> Option<Loc> {
+        let (first, rest) = names.split_first()?;
+        let mut rule = &fields.iter().find(|f| f.name == *first)?.rule;
+        for name in rest {
+            while let Source::Use(id) = &rule.source {
+                rule = &self.ast.rules[*id].rule;
+            }
+            let fs = match (&rule.source, &rule.build) {
+                (Source::Fields(fs), _) | (_, Some(Build::Fields(fs))) => fs,
+                _ => return self.primary_loc(rule, None),
+            };
+            rule = &fs.iter().find(|f| f.name == *name)?.rule;
+        }
+        self.primary_loc(rule, None)
+    }
+
+    fn text_at(&self, scope: Scope<'a>, p: &PathRef) -> Option<String> {
+        let (item, loc) = self.first(scope, p)?;
+        if let Item::Seg(_) = item {
+            return Some(String::new());
+        }
+        leaf(item, loc).map(|(_, t, _)| t)
+    }
+
+    /// Whether every `where` entry holds for an item.
+    fn matches(&self, item: Item<'a>, loc: Loc, conditions: &[Match]) -> bool {
+        conditions.iter().all(|(rp, values)| {
+            self.text_at(Some((item, loc)), rp)
+                .is_some_and(|t| values.contains(&t))
+        })
+    }
+
+    fn holds(&self, c: &Condition, scope: Scope<'a>) -> bool {
+        let present = |p: &PathRef| match self.first(scope, p) {
+            Some((Item::Seg(_), _)) => true,
+            Some((item, loc)) => leaf(item, loc).is_some(),
+            None => false,
+        };
+        let is_in = |p: &PathRef, values: &[String]| {
+            self.text_at(scope, p).is_some_and(|t| values.contains(&t))
+        };
+        match &c.test {
+            Test::Present => c.paths.iter().any(present),
+            Test::Absent => !c.paths.iter().any(present),
+            Test::In(values) => c.paths.iter().any(|p| is_in(p, values)),
+            Test::NotIn(values) => !c.paths.iter().any(|p| is_in(p, values)),
+        }
+    }
+
+    // ---- rules ------------------------------------------------------------------------------------------
+
+    fn record(&mut self, source: Option<Loc>, raw: Option<&str>, value: &J) {
+        if let Some(ex) = &mut self.explain {
+            ex.push(Explanation {
+                event: self.event_index,
+                output: self.out.clone(),
+                rule: self.rules.join(" → "),
+                source: source.map(|l| l.path()),
+                raw: raw.map(str::to_string),
+                value: value.clone(),
+            });
+        }
+    }
+
+    fn push_out(&mut self, part: &str) -> usize {
+        let len = self.out.len();
+        if self.explain.is_some() {
+            if !self.out.is_empty() && !part.starts_with('[') {
+                self.out.push('.');
+            }
+            self.out.push_str(part);
+        }
+        len
+    }
+
+    /// The object of `fields:`; absent when no field has a value.
+    fn fields(&mut self, fields: &'s [FieldRule], scope: Scope<'a>) -> Res<Option<J>> {
+        let mut map = Map::new();
+        for f in fields {
+            let len = self.push_out(&f.name);
+            let v = self.eval(&f.rule, scope);
+            self.out.truncate(len);
+            if let Some(v) = v? {
+                map.insert(f.name.clone(), v);
+            }
+        }
+        Ok((!map.is_empty()).then_some(J::Object(map)))
+    }
+
+    fn eval(&mut self, rule: &'s Rule, scope: Scope<'a>) -> Res<Option<J>> {
+        if !rule.when.iter().all(|c| self.holds(c, scope)) {
+            return Ok(None);
+        }
+        let track = self.explain.is_some() && !matches!(rule.source, Source::Fields(_));
+        if track {
+            self.rules.push(&rule.desc);
+        }
+        let r = self.eval_source(rule, scope);
+        if track {
+            self.rules.pop();
+        }
+        r
+    }
+
+    fn eval_source(&mut self, rule: &'s Rule, scope: Scope<'a>) -> Res<Option<J>> {
+        let mut value = match &rule.source {
+            Source::Path(p) => match self.first(scope, p) {
+                Some((item, loc)) => self.item(rule, item, loc)?,
+                None => None,
+            },
+            Source::Pick { path, conditions } => {
+                let mut all = Vec::new();
+                self.select(scope, path, false, &mut all);
+                let found = all
+                    .into_iter()
+                    .find(|(item, loc)| self.matches(*item, *loc, conditions));
+                match found {
+                    Some((item, loc)) => self.item(rule, item, loc)?,
+                    None => None,
+                }
+            }
+            Source::Each {
+                paths,
+                filter,
+                prefer,
+            } => {
+                let mut all = Vec::new();
+                for p in paths {
+                    self.select(scope, p, false, &mut all);
+                }
+                if !filter.is_empty() {
+                    all.retain(|(item, loc)| self.matches(*item, *loc, filter));
+                }
+                if !prefer.is_empty() {
+                    // A stable sort: preferred items first, the rest in message order.
+                    all.sort_by_key(|(item, loc)| !self.matches(*item, *loc, prefer));
+                }
+                let mut list = Vec::new();
+                for (item, loc) in all {
+                    let len = self.push_out(&format!("[{}]", list.len()));
+                    let v = self.item(rule, item, loc);
+                    self.out.truncate(len);
+                    if let Some(v) = v? {
+                        list.push(v);
+                    }
+                }
+                (!list.is_empty()).then_some(J::Array(list))
+            }
+            Source::First(rules) => {
+                let mut found = None;
+                for r in rules {
+                    if let Some(v) = self.eval(r, scope)? {
+                        found = Some(v);
+                        break;
+                    }
+                }
+                self.post_composite(rule, found, scope)?
+            }
+            Source::Join { parts, separator } => {
+                let mark = self.explain.as_ref().map_or(0, Vec::len);
+                let mut texts = Vec::new();
+                for p in parts {
+                    if let Some(J::String(s)) = self.eval(p, scope)? {
+                        texts.push(s);
+                    }
+                }
+                let joined = (!texts.is_empty()).then(|| J::String(texts.join(separator)));
+                if let Some(ex) = &mut self.explain {
+                    // One record for the joined value instead of one per part.
+                    let parts: Vec<Explanation> = ex.drain(mark..).collect();
+                    if let Some(v) = &joined {
+                        let join = |f: &dyn Fn(&Explanation) -> Option<String>| {
+                            let xs: Vec<String> = parts.iter().filter_map(f).collect();
+                            (!xs.is_empty()).then(|| xs.join(" + "))
+                        };
+                        ex.push(Explanation {
+                            event: self.event_index,
+                            output: self.out.clone(),
+                            rule: self.rules.join(" → "),
+                            source: join(&|e| e.source.clone()),
+                            raw: join(&|e| e.raw.clone()),
+                            value: v.clone(),
+                        });
+                    }
+                }
+                self.post_composite(rule, joined, scope)?
+            }
+            Source::Const(v) => {
+                self.record(None, None, v);
+                Some(v.clone())
+            }
+            Source::Use(id) => self.eval(&self.ast.rules[*id].rule, None)?,
+            Source::Fields(fields) => self.fields(fields, scope)?,
+        };
+        if value.is_none()
+            && let Some(d) = &rule.default
+        {
+            let loc = self.primary_loc(rule, scope);
+            self.record(loc, None, d);
+            value = Some(d.clone());
+        }
+        if value.is_none() && rule.required {
+            let loc = self.primary_loc(rule, scope);
+            let at = loc.map(|l| format!(" at {}", l.path())).unwrap_or_default();
+            let field = if self.out.is_empty() {
+                String::new()
+            } else {
+                format!(" for {}", self.out)
+            };
+            return Err(self.err(
+                MapErrorCode::RequiredMissing,
+                loc,
+                format!(
+                    "a required value is missing{at}{field} (rule: {})",
+                    rule.desc
+                ),
+            ));
+        }
+        Ok(value)
+    }
+
+    /// Modifiers on `first`/`join`: apply transforms and table to the chosen text, updating its record.
+    fn post_composite(
+        &mut self,
+        rule: &'s Rule,
+        value: Option<J>,
+        scope: Scope<'a>,
+    ) -> Res<Option<J>> {
+        if rule.transforms.is_empty() && rule.table.is_none() {
+            return Ok(value);
+        }
+        let Some(J::String(text)) = value else {
+            return Ok(value);
+        };
+        let (source, raw) = match self.explain.as_mut().and_then(Vec::pop) {
+            Some(e) => (e.source, e.raw),
+            None => (None, None),
+        };
+        let loc = self.primary_loc(rule, scope);
+        let out = self.post(rule, text, raw.as_deref().unwrap_or(""), loc)?;
+        if let (Some(ex), Some(v)) = (&mut self.explain, &out)
+            && let Some(last) = ex.last_mut()
+        {
+            last.source = source.or(last.source.take());
+            last.value = v.clone();
+        }
+        Ok(out)
+    }
+
+    /// What a scope source makes of one selected item: a datatype, an object, or text.
+    fn item(&mut self, rule: &'s Rule, item: Item<'a>, loc: Loc) -> Res<Option<J>> {
+        match &rule.build {
+            Some(build) => {
+                if let Item::Val(v) = item
+                    && is_blank(&v)
+                {
+                    return Ok(None);
+                }
+                match build {
+                    Build::As(id) => self.eval(&self.ast.datatypes[*id].rule, Some((item, loc))),
+                    Build::Fields(fields) => self.fields(fields, Some((item, loc))),
+                }
+            }
+            None => match leaf(item, loc) {
+                Some((raw, text, lloc)) => {
+                    let v = self.post(rule, text, raw, Some(lloc))?;
+                    if let Some(v) = &v {
+                        self.record(Some(lloc), Some(raw), v);
+                    }
+                    Ok(v)
+                }
+                None => Ok(None),
+            },
+        }
+    }
+
+    /// Transforms, then the table. Records nothing; callers do.
+    fn post(
+        &mut self,
+        rule: &'s Rule,
+        text: String,
+        raw: &str,
+        loc: Option<Loc>,
+    ) -> Res<Option<J>> {
+        let mut out = Out::Str(text);
+        for t in &rule.transforms {
+            out = t.apply(out, self.tz).map_err(|m| {
+                let at = loc.map(|l| format!(" at {}", l.path())).unwrap_or_default();
+                self.err(MapErrorCode::DataType, loc, format!("{m}{at}"))
+            })?;
+        }
+        let text = match out {
+            Out::Bool(b) => return Ok(Some(J::Bool(b))),
+            Out::Str(s) if s.is_empty() => return Ok(None),
+            Out::Str(s) => s,
+        };
+        let Some(tid) = rule.table else {
+            return Ok(Some(J::String(text)));
+        };
+        let table = &self.ast.tables[tid];
+        if let Some(v) = table.map.get(&text) {
+            return Ok(Some(J::String(v.clone())));
+        }
+        if let Some(d) = &table.default {
+            return Ok(Some(J::String(d.clone())));
+        }
+        if let Some(d) = &rule.default {
+            return Ok(Some(d.clone()));
+        }
+        let at = loc.map(|l| format!(" at {}", l.path())).unwrap_or_default();
+        let _ = raw;
+        Err(self.err(
+            MapErrorCode::TableValue,
+            loc,
+            format!(
+                "{text:?}{at} is not in table {} (tables/{}.yaml), and the rule has no default",
+                table.name, table.name
+            ),
+        ))
+    }
+
+    // ---- whole events -------------------------------------------------------------------------------------
+
+    /// The events of one inbound file: one per group with `for_each`, else at most one. Each comes with the
+    /// index of the segment its group starts at, for ordering across files.
+    pub fn events(&mut self, m: &'s Inbound) -> Res<Vec<(usize, MappedEvent)>> {
+        self.mapping = &m.name;
+        let groups: Vec<Option<(usize, usize)>> = if m.for_each.is_empty() {
+            self.group_ids.clear();
+            vec![None]
+        } else {
+            self.groups(&m.for_each).into_iter().map(Some).collect()
+        };
+        let mut out = Vec::new();
+        for g in groups {
+            self.group = g;
+            if !m.when.iter().all(|c| self.holds(c, None)) {
+                continue;
+            }
+            self.out.clear();
+            let payload = self
+                .fields(&m.fields, None)?
+                .unwrap_or_else(|| J::Object(Map::new()));
+            let payload = domain::normalize_payload(&m.event, payload).map_err(|e| {
+                self.err(
+                    MapErrorCode::DataType,
+                    None,
+                    format!(
+                        "the {} payload this mapping built is not valid: {e}",
+                        m.event
+                    ),
+                )
+            })?;
+            let mut chosen = None;
+            for kind in &m.stream {
+                if let Some(key) = domain::stream_key(*kind, &payload) {
+                    chosen = Some((*kind, key));
+                    break;
+                }
+            }
+            let Some((stream, stream_key)) = chosen else {
+                let kind = m.stream.first().copied().unwrap_or(StreamKind::Patient);
+                let names: &[&str] = match kind {
+                    StreamKind::Patient => &["patient", "identifiers"],
+                    StreamKind::Encounter => &["encounter", "visit_number"],
+                    StreamKind::Order => &["order", "placer_order_number"],
+                };
+                let loc = self.field_source(&m.fields, names);
+                let at = loc.map(|l| format!(" ({})", l.path())).unwrap_or_default();
+                return Err(self.err(
+                    MapErrorCode::RequiredMissing,
+                    loc,
+                    format!(
+                        "no stream key: {} is empty{at}, so the event has no {} to belong to",
+                        names.join("."),
+                        names[0]
+                    ),
+                ));
+            };
+            out.push((
+                g.map_or(0, |g| g.0),
+                MappedEvent {
+                    event_type: m.event.clone(),
+                    schema_version: m.schema_version,
+                    stream,
+                    stream_key,
+                    payload,
+                    mapping: m.name.clone(),
+                },
+            ));
+            self.event_index += 1;
+        }
+        self.group = None;
+        Ok(out)
+    }
+}

@@ -1,0 +1,215 @@
+//! The `examples:` of mapping files: input message → expected events, or → expected ACK error.
+//!
+//! Examples make a mapping self-testing: `ferry mappings test` and the test suite run the same function, so a
+//! changed mapping is checked against its examples before it is deployed. An example compares *all* events the
+//! set produces for its input (several files may contribute, e.g. ORC-1 NW and CA groups of one ORM), as
+//! `ferry map` prints them. A mismatch comes with a line diff of the pretty-printed JSON.
+
+use std::path::PathBuf;
+
+use serde_json::{Value as J, json};
+
+use crate::hl7::{DecodeOptions, Message, decode};
+
+use super::ast::ExpectSpec;
+use super::{MapError, Mapped, MappingSet};
+
+/// One example of one mapping file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    /// The mapping's name, e.g. `adt_a01.patient_admitted`.
+    pub mapping: String,
+    /// The mapping file and the line of the example in it.
+    pub file: PathBuf,
+    pub line: usize,
+    /// The HL7 message file.
+    pub input: PathBuf,
+    pub expectation: Expectation,
+}
+
+/// What an example expects.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expectation {
+    /// A JSON file holding an array of `{event, stream, payload}`.
+    Events(PathBuf),
+    /// A negative acknowledgement: ACK code (`AE`), ERR-3 code (`101`) and ERR-2 location (`PID^1^3`).
+    Ack {
+        code: String,
+        error: Option<u16>,
+        location: Option<String>,
+    },
+}
+
+/// The result of running one example.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExampleOutcome {
+    pub example: Example,
+    pub passed: bool,
+    /// Empty when passed; otherwise what differed (a diff of expected → actual events, or a sentence).
+    pub message: String,
+}
+
+/// The events of a mapped message as examples and `ferry map` show them: `[{event, stream, payload}]`.
+pub fn events_json(mapped: &Mapped) -> J {
+    match mapped {
+        Mapped::Unmapped => json!([]),
+        Mapped::Events(events) => J::Array(
+            events
+                .iter()
+                .map(|e| json!({"event": e.event_type, "stream": e.stream, "payload": e.payload}))
+                .collect(),
+        ),
+    }
+}
+
+/// The ACK an error turns into, as an example states it.
+fn ack_of(e: &MapError) -> (String, u16, Option<String>) {
+    (
+        "AE".to_string(),
+        e.code.code(),
+        e.location.as_ref().map(|l| l.to_erl('^')),
+    )
+}
+
+/// Pretty JSON with object keys sorted, so that a diff shows content, not key order.
+fn canonical(v: &J) -> String {
+    fn sort(v: &J) -> J {
+        match v {
+            J::Object(m) => {
+                let mut keys: Vec<&String> = m.keys().collect();
+                keys.sort();
+                J::Object(keys.into_iter().map(|k| (k.clone(), sort(&m[k]))).collect())
+            }
+            J::Array(a) => J::Array(a.iter().map(sort).collect()),
+            other => other.clone(),
+        }
+    }
+    serde_json::to_string_pretty(&sort(v)).unwrap_or_default() + "\n"
+}
+
+/// A unified line diff, expected first.
+pub(crate) fn diff(expected: &J, actual: &J) -> String {
+    let (a, b) = (canonical(expected), canonical(actual));
+    similar::TextDiff::from_lines(&a, &b)
+        .unified_diff()
+        .context_radius(3)
+        .header("expected", "actual")
+        .to_string()
+}
+
+impl MappingSet {
+    /// Every example of every inbound file, in file order.
+    pub fn examples(&self) -> Vec<Example> {
+        let mut out = Vec::new();
+        for m in &self.ast.inbound {
+            for e in &m.examples {
+                out.push(Example {
+                    mapping: m.name.clone(),
+                    file: self.dir.join(&self.ast.files[m.file]),
+                    line: e.line,
+                    input: e.input.clone(),
+                    expectation: match &e.expect {
+                        ExpectSpec::Events(p) => Expectation::Events(p.clone()),
+                        ExpectSpec::Ack {
+                            code,
+                            error,
+                            location,
+                        } => Expectation::Ack {
+                            code: code.clone(),
+                            error: *error,
+                            location: location.clone(),
+                        },
+                    },
+                });
+            }
+        }
+        out
+    }
+
+    /// Runs every example (what `ferry mappings test` prints and the test suite asserts).
+    pub fn run_examples(&self) -> Vec<ExampleOutcome> {
+        self.examples()
+            .into_iter()
+            .map(|e| self.run_example(e))
+            .collect()
+    }
+
+    /// Runs one example.
+    pub fn run_example(&self, example: Example) -> ExampleOutcome {
+        let message = self.check_example(&example).err().unwrap_or_default();
+        ExampleOutcome {
+            passed: message.is_empty(),
+            example,
+            message,
+        }
+    }
+
+    fn check_example(&self, example: &Example) -> Result<(), String> {
+        let bytes = std::fs::read(&example.input)
+            .map_err(|e| format!("cannot read {}: {e}", example.input.display()))?;
+        let decoded = decode(&bytes, &DecodeOptions::default())
+            .map_err(|e| format!("the input cannot be decoded: {e}"))?;
+        let msg =
+            Message::parse(&decoded.text).map_err(|e| format!("the input does not parse: {e}"))?;
+        let result = self.map(&msg);
+        match (&example.expectation, result) {
+            (Expectation::Events(path), Ok(mapped)) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+                let expected: J = serde_json::from_str(&text)
+                    .map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+                let actual = events_json(&mapped);
+                if expected == actual {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the events differ from {}:\n{}",
+                        path.display(),
+                        diff(&expected, &actual)
+                    ))
+                }
+            }
+            (Expectation::Events(_), Err(e)) => Err(format!(
+                "expected events, got AE {} at {}: {}",
+                e.code.code(),
+                e.location
+                    .as_ref()
+                    .map_or("no location".to_string(), |l| l.to_erl('^')),
+                e.message
+            )),
+            (
+                Expectation::Ack {
+                    code,
+                    error,
+                    location,
+                },
+                Err(e),
+            ) => {
+                let (got_code, got_error, got_location) = ack_of(&e);
+                let code_ok = *code == got_code;
+                let error_ok = error.is_none_or(|n| n == got_error);
+                let location_ok = location.is_none() || *location == got_location;
+                if code_ok && error_ok && location_ok {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "expected {code} {} at {}, got {got_code} {got_error} at {} ({})",
+                        error.map_or("(any error)".to_string(), |n| n.to_string()),
+                        location.as_deref().unwrap_or("(any location)"),
+                        got_location.as_deref().unwrap_or("no location"),
+                        e.message
+                    ))
+                }
+            }
+            (Expectation::Ack { code, .. }, Ok(mapped)) => {
+                if code == "AA" {
+                    return Ok(());
+                }
+                Err(format!(
+                    "expected {code}, but the message mapped to:\n{}",
+                    canonical(&events_json(&mapped))
+                ))
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! A JSON Schema for mapping files, so that an editor with the YAML language server completes keys and flags
+//! unknown ones while an analyst types (`ferry mappings schema > mappings/schema.json`).
+//!
+//! Written by hand rather than derived with schemars: the loader reads YAML trees, not serde structs, and the
+//! schema should carry the guide's short descriptions. One schema covers every kind of file (inbound mapping,
+//! `datatypes.yaml`, a table, `settings.yaml`) through `anyOf`, so a single editor setting is enough. The
+//! loader stays the authority (it also checks names, paths and event fields); the schema is for comfort.
+
+use serde_json::{Value, json};
+
+use crate::domain;
+
+use super::transform::Transform;
+
+/// The JSON Schema (draft 2020-12) for every YAML file in a mapping directory.
+pub fn json_schema() -> Value {
+    let events: Vec<&str> = domain::catalogue().iter().map(|s| s.name).collect();
+    let path = json!({
+        "type": "string",
+        "description": "A path: PID.3[*].4.1 (segment[occurrence].field[repetition].component.subcomponent, 1-based; [*] = every one). Inside `as:` datatypes and the `fields:` of each/pick/path, relative paths start with a dot: .4.1, or . for the value itself.",
+        "pattern": "^([A-Z][A-Z0-9]{2}(\\[([0-9]+|\\*)\\])?)?(\\.([0-9]+(\\[([0-9]+|\\*)\\])?(\\.[0-9]+){0,2})?)?$"
+    });
+    let scalar = json!({"type": ["string", "boolean", "number"]});
+    let condition = json!({
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["path"],
+        "properties": {
+            "path": {"$ref": "#/$defs/path"},
+            "in": {"description": "holds when the value is one of these", "type": ["array", "string"], "items": {"type": "string"}},
+            "not_in": {"description": "holds when the value is absent or none of these", "type": ["array", "string"], "items": {"type": "string"}},
+            "present": {"const": true, "description": "holds when there is a value (or the segment exists)"},
+            "absent": {"const": true, "description": "holds when there is no value"}
+        }
+    });
+    let rule = json!({
+        "description": "A rule: a path (shorthand for {path: …}) or a map with exactly one source (path, first, each, pick, const, use, join, or fields alone) and modifiers.",
+        "anyOf": [
+            {"$ref": "#/$defs/path"},
+            {
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "path": {"$ref": "#/$defs/path", "description": "the value at this path"},
+                    "first": {"type": "array", "items": {"$ref": "#/$defs/rule"}, "description": "the first rule that gives a value"},
+                    "each": {"description": "a list: one item per repetition or segment ([*]), or per path of a list", "anyOf": [{"$ref": "#/$defs/path"}, {"type": "array", "items": {"$ref": "#/$defs/path"}}]},
+                    "pick": {"$ref": "#/$defs/path", "description": "the first repetition that matches `where`"},
+                    "where": {"type": "object", "description": "relative path → value or list of values, e.g. {.5: MR}", "additionalProperties": {"type": ["string", "array"], "items": {"type": "string"}}},
+                    "prefer": {"type": "object", "description": "with each: items matching these relative path → value(s) come first, e.g. {.5: MR}", "additionalProperties": {"type": ["string", "array"], "items": {"type": "string"}}},
+                    "const": {"type": ["string", "boolean"], "description": "a constant"},
+                    "use": {"type": "string", "description": "a named rule of datatypes.yaml `rules:`"},
+                    "join": {"type": "array", "items": {"$ref": "#/$defs/rule"}, "description": "the values of these rules joined by `separator` (default one space)"},
+                    "separator": {"type": "string"},
+                    "fields": {"type": "object", "description": "an object: output field → rule", "additionalProperties": {"$ref": "#/$defs/rule"}},
+                    "as": {"type": "string", "description": "apply a datatype of datatypes.yaml to the selected value (CX, XPN, …)"},
+                    "table": {"type": "string", "description": "look the value up in tables/<name>.yaml"},
+                    "default": {"type": ["string", "boolean"], "description": "when there is no value, or the table has no entry for it"},
+                    "transform": {"description": "named transforms, applied in order", "anyOf": [{"enum": Transform::NAMES}, {"type": "array", "items": {"enum": Transform::NAMES}}]},
+                    "required": {"type": "boolean", "description": "missing → AE 101 at the source path"},
+                    "when": {"description": "conditions that must all hold, else the rule gives nothing", "anyOf": [{"$ref": "#/$defs/condition"}, {"type": "array", "items": {"$ref": "#/$defs/condition"}}]}
+                }
+            }
+        ]
+    });
+    let inbound = json!({
+        "title": "Ferry inbound mapping (mappings/inbound/*.yaml)",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["messages", "event", "stream", "fields"],
+        "properties": {
+            "description": {"type": "string"},
+            "messages": {"description": "MSH-9.1^MSH-9.2 this file applies to, e.g. ADT^A01", "anyOf": [{"type": "string", "pattern": "^[A-Z0-9_]+\\^[A-Z0-9_]+$"}, {"type": "array", "items": {"type": "string", "pattern": "^[A-Z0-9_]+\\^[A-Z0-9_]+$"}}]},
+            "event": {"enum": events},
+            "stream": {"description": "stream kinds in order of preference: the first whose key the payload has", "anyOf": [{"enum": ["patient", "encounter", "order"]}, {"type": "array", "items": {"enum": ["patient", "encounter", "order"]}}]},
+            "when": {"anyOf": [{"$ref": "#/$defs/condition"}, {"type": "array", "items": {"$ref": "#/$defs/condition"}}]},
+            "for_each": {"description": "one event per segment group starting at this segment (or these, in order: [ORC, OBR])", "anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+            "fields": {"type": "object", "additionalProperties": {"$ref": "#/$defs/rule"}},
+            "examples": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["input"],
+                    "properties": {
+                        "input": {"type": "string", "description": "HL7 message file, relative to this file"},
+                        "expect": {"type": "string", "description": "JSON file: array of {event, stream, payload}"},
+                        "expect_ack": {
+                            "type": "object",
+                            "additionalProperties": false,
+                            "required": ["code"],
+                            "properties": {
+                                "code": {"enum": ["AA", "AE", "AR"]},
+                                "error": {"type": ["integer", "string"]},
+                                "location": {"type": "string", "description": "ERR-2, e.g. PID^1^3"}
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    });
+    let datatypes = json!({
+        "title": "Ferry datatypes.yaml",
+        "type": "object",
+        "additionalProperties": false,
+        "properties": {
+            "datatypes": {"type": "object", "additionalProperties": {"$ref": "#/$defs/rule"}},
+            "rules": {"type": "object", "additionalProperties": {"$ref": "#/$defs/rule"}}
+        }
+    });
+    let table = json!({
+        "title": "Ferry code table (mappings/tables/*.yaml)",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["map"],
+        "properties": {
+            "description": {"type": "string"},
+            "map": {"type": "object", "additionalProperties": scalar},
+            "default": {"type": "string"}
+        }
+    });
+    let settings = json!({
+        "title": "Ferry settings.yaml",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["default_timezone"],
+        "properties": {"default_timezone": {"type": "string", "description": "IANA zone, e.g. Europe/Zurich"}}
+    });
+    json!({
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://ferry.invalid/schemas/mapping.json",
+        "title": "Ferry mapping files",
+        "anyOf": [
+            {"$ref": "#/$defs/inbound"},
+            {"$ref": "#/$defs/datatypes"},
+            {"$ref": "#/$defs/table"},
+            {"$ref": "#/$defs/settings"}
+        ],
+        "$defs": {
+            "path": path,
+            "condition": condition,
+            "rule": rule,
+            "inbound": inbound,
+            "datatypes": datatypes,
+            "table": table,
+            "settings": settings
+        }
+    })
+}

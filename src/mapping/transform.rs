@@ -1,0 +1,321 @@
+//! The closed list of named transforms a rule may apply to a text value (`transform: [trim, upper]`).
+//!
+//! Closed on purpose: analysts can read every one of them in the mapping guide, and each is tested here. A
+//! transform that cannot read its input (a date that is not a date, `boolean` on `X`) fails with a message that
+//! becomes ERR code 102 at the value's location.
+//!
+//! Times use `jiff` with its bundled time zone database (`tzdb-bundle-always`): IANA zones are needed to turn a
+//! local HL7 time into an offset, and bundling makes the answer the same in a slim container image without
+//! `/usr/share/zoneinfo` as on a developer's machine. `time` (already a dependency) has no IANA zones, and
+//! `chrono-tz` would bring in chrono next to it; jiff alone does both the civil arithmetic and the zones.
+
+use jiff::civil::{Date, DateTime};
+use jiff::tz::TimeZone;
+
+/// A named transform. See [`Transform::NAMES`] for the spelling in mapping files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transform {
+    /// Removes leading and trailing white space.
+    Trim,
+    /// Upper-cases (Unicode-aware), e.g. before a table lookup of codes sent in either case.
+    Upper,
+    /// Lower-cases (Unicode-aware).
+    Lower,
+    /// HL7 DT/DTM/TS → FHIR `date`, keeping the precision sent (`1970` → `1970`, `197001` → `1970-01`).
+    Date,
+    /// HL7 DTM/TS → FHIR `dateTime`, keeping the precision sent; a time always gets an offset: the one sent,
+    /// else the set's `default_timezone` at that moment.
+    DateTime,
+    /// HL7 table 0136: `Y` → true, `N` → false (either case); anything else is an error.
+    Boolean,
+}
+
+/// What a transform produced: text, or a boolean (only from `boolean`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Out {
+    Str(String),
+    Bool(bool),
+}
+
+impl Transform {
+    /// Every name, in the order the mapping guide lists them.
+    pub const NAMES: &'static [&'static str] =
+        &["trim", "upper", "lower", "date", "datetime", "boolean"];
+
+    pub fn from_name(name: &str) -> Option<Transform> {
+        Some(match name {
+            "trim" => Transform::Trim,
+            "upper" => Transform::Upper,
+            "lower" => Transform::Lower,
+            "date" => Transform::Date,
+            "datetime" => Transform::DateTime,
+            "boolean" => Transform::Boolean,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Transform::Trim => "trim",
+            Transform::Upper => "upper",
+            Transform::Lower => "lower",
+            Transform::Date => "date",
+            Transform::DateTime => "datetime",
+            Transform::Boolean => "boolean",
+        }
+    }
+
+    /// Applies the transform. `Err` is a plain sentence saying what was expected (for ERR-8).
+    pub fn apply(self, value: Out, tz: &TimeZone) -> Result<Out, String> {
+        let text = match value {
+            Out::Str(s) => s,
+            Out::Bool(b) => {
+                return Err(format!(
+                    "{} cannot be applied to the boolean {b}",
+                    self.name()
+                ));
+            }
+        };
+        Ok(match self {
+            Transform::Trim => Out::Str(text.trim().to_string()),
+            Transform::Upper => Out::Str(text.to_uppercase()),
+            Transform::Lower => Out::Str(text.to_lowercase()),
+            Transform::Date => Out::Str(fhir_date(&text)?),
+            Transform::DateTime => Out::Str(fhir_datetime(&text, tz)?),
+            Transform::Boolean => match text.trim() {
+                "Y" | "y" => Out::Bool(true),
+                "N" | "n" => Out::Bool(false),
+                other => {
+                    return Err(format!("{other:?} is not a yes/no value (expected Y or N)"));
+                }
+            },
+        })
+    }
+}
+
+/// An HL7 DTM split into its parts; `None` parts were not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Hl7Time<'a> {
+    year: i16,
+    month: Option<i8>,
+    day: Option<i8>,
+    hour: Option<i8>,
+    minute: Option<i8>,
+    second: Option<i8>,
+    /// The digits after the decimal point, as sent.
+    fraction: Option<&'a str>,
+    /// Offset in minutes east of UTC, when sent.
+    offset_minutes: Option<i32>,
+}
+
+const DTM_FORMAT: &str = "YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]";
+
+fn parse_hl7_time(text: &str) -> Result<Hl7Time<'_>, String> {
+    let bad = |why: &str| format!("{text:?} is not an HL7 date/time ({DTM_FORMAT}): {why}");
+    let (main, offset) = match text.find(['+', '-']) {
+        Some(i) => (&text[..i], Some(&text[i..])),
+        None => (text, None),
+    };
+    let (digits, fraction) = match main.split_once('.') {
+        Some((d, f)) => (d, Some(f)),
+        None => (main, None),
+    };
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad(
+            "only digits are allowed before the fraction and offset",
+        ));
+    }
+    if ![4, 6, 8, 10, 12, 14].contains(&digits.len()) {
+        return Err(bad(
+            "the date and time part must have 4, 6, 8, 10, 12 or 14 digits",
+        ));
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i8> {
+        digits.get(r).and_then(|s| s.parse::<i8>().ok())
+    };
+    let year: i16 = digits
+        .get(0..4)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no year"))?;
+    let t = Hl7Time {
+        year,
+        month: num(4..6),
+        day: num(6..8),
+        hour: num(8..10),
+        minute: num(10..12),
+        second: num(12..14),
+        fraction,
+        offset_minutes: None,
+    };
+    if let Some(f) = fraction
+        && (t.second.is_none()
+            || f.is_empty()
+            || f.len() > 4
+            || !f.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(bad("a fraction needs seconds before it and 1 to 4 digits"));
+    }
+    let offset_minutes = match offset {
+        None => None,
+        Some(o) => {
+            let sign = if o.starts_with('-') { -1 } else { 1 };
+            let d = &o[1..];
+            if d.len() != 4 || !d.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(bad("the offset must be +HHMM or -HHMM"));
+            }
+            let h: i32 = d[..2].parse().map_err(|_| bad("bad offset hours"))?;
+            let m: i32 = d[2..].parse().map_err(|_| bad("bad offset minutes"))?;
+            if h > 14 || m > 59 {
+                return Err(bad("the offset is out of range"));
+            }
+            Some(sign * (h * 60 + m))
+        }
+    };
+    // Check the calendar and the clock with jiff, which knows month lengths and leap years.
+    Date::new(year, t.month.unwrap_or(1), t.day.unwrap_or(1)).map_err(|_| bad("no such date"))?;
+    if t.hour.is_some_and(|h| !(0..=23).contains(&h))
+        || t.minute.is_some_and(|m| !(0..=59).contains(&m))
+        || t.second.is_some_and(|s| !(0..=59).contains(&s))
+    {
+        return Err(bad("no such time of day"));
+    }
+    Ok(Hl7Time {
+        offset_minutes,
+        ..t
+    })
+}
+
+fn date_part(t: &Hl7Time<'_>) -> String {
+    match (t.month, t.day) {
+        (Some(m), Some(d)) => format!("{:04}-{m:02}-{d:02}", t.year),
+        (Some(m), None) => format!("{:04}-{m:02}", t.year),
+        _ => format!("{:04}", t.year),
+    }
+}
+
+/// HL7 DT or DTM → FHIR date (the date as written; a time and offset are dropped).
+pub fn fhir_date(text: &str) -> Result<String, String> {
+    Ok(date_part(&parse_hl7_time(text.trim())?))
+}
+
+/// HL7 DTM → FHIR dateTime; see [`Transform::DateTime`].
+pub fn fhir_datetime(text: &str, tz: &TimeZone) -> Result<String, String> {
+    let t = parse_hl7_time(text.trim())?;
+    let (Some(month), Some(day), Some(hour)) = (t.month, t.day, t.hour) else {
+        return Ok(date_part(&t));
+    };
+    let minute = t.minute.unwrap_or(0);
+    let second = t.second.unwrap_or(0);
+    let offset_secs = match t.offset_minutes {
+        Some(m) => m * 60,
+        None => {
+            let civil = DateTime::new(t.year, month, day, hour, minute, second, 0)
+                .map_err(|e| format!("{text:?}: {e}"))?;
+            // In a DST gap or overlap, "compatible" picks what clocks on the wall meant (the later offset in a
+            // gap, the earlier in an overlap), as RFC 5545 and java.time do.
+            let zoned = civil
+                .to_zoned(tz.clone())
+                .map_err(|e| format!("{text:?} in the default time zone: {e}"))?;
+            zoned.offset().seconds()
+        }
+    };
+    let sign = if offset_secs < 0 { '-' } else { '+' };
+    let abs = offset_secs.abs();
+    let fraction = t.fraction.map(|f| format!(".{f}")).unwrap_or_default();
+    Ok(format!(
+        "{}T{hour:02}:{minute:02}:{second:02}{fraction}{sign}{:02}:{:02}",
+        date_part(&t),
+        abs / 3600,
+        (abs % 3600) / 60
+    ))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn zurich() -> TimeZone {
+        TimeZone::get("Europe/Zurich").unwrap()
+    }
+
+    #[test]
+    fn datetimes_keep_precision_and_get_an_offset() {
+        let cases: &[(&str, &str)] = &[
+            ("2026", "2026"),
+            ("202611", "2026-11"),
+            ("20261122", "2026-11-22"),
+            ("2026112214", "2026-11-22T14:00:00+01:00"),
+            ("202611221430", "2026-11-22T14:30:00+01:00"),
+            ("20261122143005", "2026-11-22T14:30:05+01:00"),
+            ("20260701143005", "2026-07-01T14:30:05+02:00"),
+            ("20261122143005.1234", "2026-11-22T14:30:05.1234+01:00"),
+            ("20261122143005-0500", "2026-11-22T14:30:05-05:00"),
+            ("202611221430+0000", "2026-11-22T14:30:00+00:00"),
+            ("20261122+0530", "2026-11-22"),
+            (" 20261122 ", "2026-11-22"),
+            // 02:30 does not exist on 29 March 2026 in Zurich: the later offset, as wall clocks meant.
+            ("202603290230", "2026-03-29T02:30:00+02:00"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(fhir_datetime(input, &zurich()).unwrap(), *want, "{input}");
+        }
+    }
+
+    #[test]
+    fn dates_drop_the_time() {
+        for (input, want) in [
+            ("19700101", "1970-01-01"),
+            ("197001", "1970-01"),
+            ("1970", "1970"),
+            ("19700101123000+0100", "1970-01-01"),
+        ] {
+            assert_eq!(fhir_date(input).unwrap(), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn bad_times_say_why() {
+        let cases: &[(&str, &str)] = &[
+            ("", "4, 6, 8, 10, 12 or 14 digits"),
+            ("2026-11-22", "offset must be"),
+            ("20261", "4, 6, 8, 10, 12 or 14 digits"),
+            ("20261322", "no such date"),
+            ("20260230", "no such date"),
+            ("202611222500", "no such time"),
+            ("20261122T1430", "only digits"),
+            ("2026112214.5", "fraction needs seconds"),
+            ("20261122143000+01", "offset must be"),
+            ("20261122143000+1600", "out of range"),
+            ("yesterday", "only digits"),
+        ];
+        for (input, want) in cases {
+            let e = fhir_datetime(input, &zurich()).unwrap_err();
+            assert!(e.contains(want), "{input}: {e}");
+        }
+        assert!(fhir_date("19700230").is_err());
+    }
+
+    #[test]
+    fn text_transforms_and_boolean() {
+        let tz = zurich();
+        let s = |v: &str| Out::Str(v.to_string());
+        let cases: &[(Transform, &str, Out)] = &[
+            (Transform::Trim, "  a b ", s("a b")),
+            (Transform::Upper, "müller", s("MÜLLER")),
+            (Transform::Lower, "ÄB", s("äb")),
+            (Transform::Boolean, "Y", Out::Bool(true)),
+            (Transform::Boolean, "n", Out::Bool(false)),
+            (Transform::Date, "19700101", s("1970-01-01")),
+        ];
+        for (t, input, want) in cases {
+            assert_eq!(&t.apply(s(input), &tz).unwrap(), want, "{t:?} {input}");
+        }
+        assert!(Transform::Boolean.apply(s("X"), &tz).is_err());
+        assert!(Transform::Upper.apply(Out::Bool(true), &tz).is_err());
+        for name in Transform::NAMES {
+            assert_eq!(Transform::from_name(name).unwrap().name(), *name);
+        }
+        assert_eq!(Transform::from_name("uppercase"), None);
+    }
+}
