@@ -20,11 +20,15 @@ mod agreement {
     pub mod report;
 }
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use agreement::compare::{self, Outcome};
+use agreement::compare::{self, FIELDS, Outcome};
 use agreement::facts::{OrderFacts, Stamp};
-use agreement::fhir;
+use agreement::report::{Explanations, Report, recorded_rates};
+use agreement::{fhir, ours};
+use ferry::hl7::{self, DecodeOptions, Message};
+use ferry::mapping::{Mapped, MappingSet};
 use serde_json::Value;
 
 /// A corpus message and another converter's bundle for it.
@@ -77,6 +81,132 @@ fn read_bundle(path: &Path) -> Value {
     // Some exported bundles start with a UTF-8 byte order mark.
     serde_json::from_str(text.trim_start_matches('\u{feff}'))
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn conformance(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("conformance")
+        .join(file)
+}
+
+/// Maps every paired message and compares it with its bundle.
+fn run(pairs: &[Pair]) -> Report {
+    // As in tests/mapping_corpus.rs: FERRY_CONFORMANCE_MAPPINGS tries a copy with a proposed change.
+    let dir = std::env::var_os("FERRY_CONFORMANCE_MAPPINGS").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings"),
+        PathBuf::from,
+    );
+    let set = MappingSet::load(&dir).unwrap_or_else(|problems| {
+        let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        panic!("shipped mappings do not load:\n{}", list.join("\n"))
+    });
+    let mut report = Report::default();
+    for pair in pairs {
+        *report.sources.entry(pair.source.to_string()).or_default() += 1;
+        let bytes = std::fs::read(&pair.hl7).unwrap();
+        let decoded = hl7::decode(&bytes, &DecodeOptions::default())
+            .unwrap_or_else(|e| panic!("{}: {e}", pair.hl7.display()));
+        let message =
+            Message::parse(&decoded.text).unwrap_or_else(|e| panic!("{}: {e}", pair.hl7.display()));
+        match set.explain(&message) {
+            Ok((Mapped::Events(events), explanations)) if !events.is_empty() => {
+                let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();
+                // The HL7 text behind the encounter times: whether the sender gave an offset decides how they
+                // compare (compare::same_time).
+                let raw: HashMap<(usize, String), String> = explanations
+                    .into_iter()
+                    .filter(|e| {
+                        e.output == "encounter.admitted_at" || e.output == "encounter.discharged_at"
+                    })
+                    .filter_map(|e| Some(((e.event, e.output), e.raw?)))
+                    .collect();
+                let ours = ours::extract(&payloads, &raw);
+                let theirs = fhir::extract(&read_bundle(&pair.bundle));
+                report.add(&pair.name, &compare::compare(&ours, &theirs));
+            }
+            Ok(_) => report.not_mapped.push((
+                pair.name.clone(),
+                format!("unmapped {}", message.msh_field(9)),
+            )),
+            Err(e) => report.not_mapped.push((
+                pair.name.clone(),
+                format!("AE {} at {} ({})", e.code.code(), e.path, e.mapping),
+            )),
+        }
+    }
+    report
+}
+
+/// The agreement report is current: no field's rate below the committed one, every disagreement explained.
+#[test]
+fn agreement_with_other_converters_does_not_fall_and_every_disagreement_is_explained() {
+    let Some(pairs) = pairs() else { return };
+    let report = run(&pairs);
+    let explanations_path = conformance("agreement-explanations.json");
+    let explanations: Explanations = match std::fs::read_to_string(&explanations_path) {
+        Ok(text) => serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("{}: {e}", explanations_path.display())),
+        Err(e) => panic!("{}: {e}", explanations_path.display()),
+    };
+    let md = report.render(&explanations);
+    let md_path = conformance("agreement.md");
+    println!(
+        "{}",
+        md.split("\n## Disagreements").next().unwrap_or_default()
+    );
+    let update = std::env::var("FERRY_UPDATE_AGREEMENT").is_ok_and(|v| v == "1");
+    let mut problems = Vec::new();
+    if update {
+        std::fs::write(&md_path, &md).unwrap();
+        println!("wrote {}", md_path.display());
+    } else {
+        let committed = std::fs::read_to_string(&md_path).unwrap_or_default();
+        let recorded = recorded_rates(&committed);
+        for field in FIELDS {
+            let (compared, agreed) = report.rates.get(field).copied().unwrap_or_default();
+            let Some(&(rec_compared, rec_agreed)) = recorded.get(*field) else {
+                problems.push(format!(
+                    "{field}: no recorded rate in {}",
+                    md_path.display()
+                ));
+                continue;
+            };
+            // agreed/compared < rec_agreed/rec_compared, without floats; a field no longer compared at all
+            // counts as a drop.
+            if rec_compared > 0 && (compared == 0 || agreed * rec_compared < rec_agreed * compared)
+            {
+                problems.push(format!(
+                    "{field}: agreed {agreed} of {compared}, recorded {rec_agreed} of {rec_compared}"
+                ));
+            }
+        }
+        if committed != md {
+            println!("the report changed: FERRY_UPDATE_AGREEMENT=1 records it");
+        }
+    }
+    for d in &report.disagreements {
+        if explanations.reason(&d.key()).is_none() {
+            problems.push(format!(
+                "unexplained: {} (Ferry `{}`, other `{}`)",
+                d.key(),
+                d.ours,
+                d.theirs
+            ));
+        }
+    }
+    let current: std::collections::BTreeSet<String> =
+        report.disagreements.iter().map(|d| d.key()).collect();
+    for key in explanations.disagreements.keys() {
+        if !current.contains(key) {
+            println!("explained but no longer a disagreement (remove it): {key}");
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "agreement regressed (explain in {}, then FERRY_UPDATE_AGREEMENT=1):\n  {}",
+        explanations_path.display(),
+        problems.join("\n  ")
+    );
 }
 
 fn corpus_bundle(relative: &str) -> Option<Value> {

@@ -107,18 +107,20 @@ fn encounter_class(ours: &Option<String>, theirs: &Option<String>) -> Outcome {
     }
 }
 
-/// Ferry's order → FHIR request status. Ferry keeps ORC-5 (table 0038) as sent and the order control ORC-1
-/// (table 0119) in `control`; FHIR has one status. ORC-5 decides when present, mapped as the HL7 v2-to-FHIR
-/// IG's OrderStatus ConceptMap does. Without ORC-5 only the controls that by themselves end or suspend an
-/// order say something (`NW` says "new", not whether the filler accepted it): those map, the rest make no
-/// claim.
+/// Ferry's order → FHIR request status. Ferry keeps the order status (ORC-5, table 0038) and the order control
+/// ORC-1 (table 0119) in `control`; FHIR has one status. ORC-5 decides when present, mapped as the HL7
+/// v2-to-FHIR IG's OrderStatus ConceptMap does. The shipped `mappings/tables/order_status.yaml` turns ORC-5
+/// into words (`scheduled`, `cancelled`, …); the table takes both the words and the raw codes, since the
+/// domain documents the field as "as sent". Without ORC-5 only the controls that by themselves end or suspend
+/// an order say something (`NW` says "new", not whether the filler accepted it): those map, the rest make
+/// no claim.
 fn request_status(order: &OrderFacts) -> Option<String> {
     let from_orc5 = |s: &str| match s {
-        "A" | "IP" | "SC" => Some("active"),
-        "CA" | "DC" | "RP" => Some("revoked"),
-        "CM" => Some("completed"),
-        "ER" => Some("entered-in-error"),
-        "HD" => Some("on-hold"),
+        "partial" | "A" | "in-progress" | "IP" | "scheduled" | "SC" => Some("active"),
+        "cancelled" | "CA" | "discontinued" | "DC" | "replaced" | "RP" => Some("revoked"),
+        "completed" | "CM" => Some("completed"),
+        "error" | "ER" => Some("entered-in-error"),
+        "on-hold" | "HD" => Some("on-hold"),
         _ => None,
     };
     let from_orc1 = |c: &str| match c {
