@@ -98,12 +98,12 @@ fn identifier(id: &Value, resources: &[&Value]) -> Option<Ident> {
     if let Some(display) = text(id, "/assigner/display") {
         authorities.push(display);
     }
-    if let Some(reference) = text(id, "/assigner/reference") {
-        if let Some(org) = resolve(&reference, resources) {
-            authorities.extend(text(org, "/name"));
-            if let Some(ids) = org.get("identifier").and_then(Value::as_array) {
-                authorities.extend(ids.iter().filter_map(|i| text(i, "/value")));
-            }
+    if let Some(reference) = text(id, "/assigner/reference")
+        && let Some(org) = resolve(&reference, resources)
+    {
+        authorities.extend(text(org, "/name"));
+        if let Some(ids) = org.get("identifier").and_then(Value::as_array) {
+            authorities.extend(ids.iter().filter_map(|i| text(i, "/value")));
         }
     }
     for ext in extensions(id, RS_ASSIGNING_AUTHORITY) {
