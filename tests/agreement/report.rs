@@ -94,7 +94,8 @@ impl Report {
         );
         out.push_str(
             "Each HL7 v2 message of `../shared/corpus/hl7v2/` that another converter's FHIR output exists for \
-             is mapped by Ferry's shipped `mappings/`, and the fields both produce are compared. A field counts \
+             and is an ADT, ORM^O01, OML^O21 or ORU^R01 message is mapped by Ferry's shipped `mappings/`, and \
+             the fields both produce are compared. A field counts \
              for a message only when both sides produce it. The equivalences used (class codes, order status, \
              times) are in `tests/agreement/compare.rs`, each with its reason.\n\n",
         );
@@ -104,7 +105,7 @@ impl Report {
             .map(|(s, n)| format!("{s}: {n}"))
             .collect();
         out.push_str(&format!(
-            "Pairs (message + other converter's bundle): {}. Mapped by Ferry and compared: {}.\n\n",
+            "Pairs in scope (message + other converter's bundle): {}. Mapped by Ferry and compared: {}.\n\n",
             sources.join(", "),
             self.sources.values().sum::<usize>() - self.not_mapped.len()
         ));
