@@ -583,3 +583,37 @@ fn rendered_report_records_rates_that_read_back_and_flags_unexplained_disagreeme
     assert!(md.contains("### `UNEXPLAINED` (1)"), "{md}");
     assert!(md.contains("- **`ms-gender`**: Why."), "{md}");
 }
+
+#[test]
+fn assigner_with_spaces_matches_microsofts_hyphenated_system() {
+    use agreement::facts::{Facts, Ident};
+    let with = |authorities: &[&str]| Facts {
+        identifiers: vec![Ident {
+            value: "PATID1234".into(),
+            authorities: authorities.iter().map(|a| a.to_string()).collect(),
+        }],
+        ..Default::default()
+    };
+    let field = |ours: &Facts, theirs: &Facts| {
+        compare::compare(ours, theirs)
+            .into_iter()
+            .find(|(f, _)| *f == "Patient.identifier.assigner")
+            .unwrap()
+            .1
+    };
+    // LRI_2.0-NG_CBC_Typ_Message: PID-3 `PATID1234^^^NIST MPI^MR`.
+    let theirs = with(&[
+        "NIST-MPI",
+        "http://example.com/v2-to-fhir-converter/Identifier/NIST-MPI",
+    ]);
+    assert_eq!(field(&with(&["NIST MPI"]), &theirs), Outcome::Agreed);
+    assert!(matches!(
+        field(&with(&["NIST"]), &theirs),
+        Outcome::Disagreed { .. }
+    ));
+    // An identifier the other side keeps without any assigner is a difference to explain.
+    assert!(matches!(
+        field(&with(&["NIST MPI"]), &with(&[])),
+        Outcome::Disagreed { .. }
+    ));
+}

@@ -198,7 +198,13 @@ fn identifier_assigners(ours: &Facts, theirs: &Facts) -> Outcome {
             continue;
         }
         compared = true;
-        if !same.iter().any(|t| t.authorities.contains(authority)) {
+        // A URI cannot hold a space, so Microsoft builds `…/Identifier/NIST-MPI` from the namespace `NIST MPI`:
+        // the same authority.
+        let hyphenated = authority.replace(' ', "-");
+        if !same
+            .iter()
+            .any(|t| t.authorities.contains(authority) || t.authorities.contains(&hyphenated))
+        {
             let names: Vec<String> = same
                 .iter()
                 .map(|t| {
