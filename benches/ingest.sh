@@ -46,16 +46,24 @@ run() { # label, address
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r)"
 echo "commit: $(git rev-parse --short HEAD)"
 
+# With the shipped mappings (mappings/): every message becomes a PatientAdmitted event committed
+# with it. Then the same without mappings (messages stored unmapped), to show what mapping costs.
 sqlite_addr=$(FERRY_LOG=warn FERRY_DATABASE_URL="sqlite://$work/sqlite/ferry.db" \
+  FERRY_MAPPINGS_DIR=mappings \
   FERRY_MLLP_LISTEN=127.0.0.1:0 FERRY_HTTP_LISTEN=127.0.0.1:0 start sqlite "$ferry" serve)
-run "ferry, SQLite (WAL, synchronous=FULL)" "$sqlite_addr"
+run "ferry, SQLite (WAL, synchronous=FULL), mapping on" "$sqlite_addr"
+
+unmapped_addr=$(FERRY_LOG=warn FERRY_DATABASE_URL="sqlite://$work/sqlite-unmapped/ferry.db" \
+  FERRY_MAPPINGS_DIR="$work/no-mappings" \
+  FERRY_MLLP_LISTEN=127.0.0.1:0 FERRY_HTTP_LISTEN=127.0.0.1:0 start sqlite-unmapped "$ferry" serve)
+run "ferry, SQLite (WAL, synchronous=FULL), no mappings" "$unmapped_addr"
 
 pg_url=$(PGDIR_FILE="$work/pgdir" .ci/pg-start)
 # pg-start initialises with --no-sync for speed; the server itself runs with fsync=on and
 # synchronous_commit=on (the defaults), so every commit is durable.
-pg_addr=$(FERRY_LOG=warn FERRY_DATABASE_URL="$pg_url" \
+pg_addr=$(FERRY_LOG=warn FERRY_DATABASE_URL="$pg_url" FERRY_MAPPINGS_DIR=mappings \
   FERRY_MLLP_LISTEN=127.0.0.1:0 FERRY_HTTP_LISTEN=127.0.0.1:0 start postgres "$ferry" serve)
-run "ferry, PostgreSQL 15 (fsync=on, synchronous_commit=on)" "$pg_addr"
+run "ferry, PostgreSQL 15 (fsync=on, synchronous_commit=on), mapping on" "$pg_addr"
 
 peer_addr=$(start peer "$work/venv/bin/python" benches/peers/python_hl7_server.py 127.0.0.1 0)
 run "peer: python-hl7 asyncio MLLP server (stores nothing)" "$peer_addr"

@@ -250,7 +250,7 @@ impl Ingest {
                     inbound_id,
                     mapping_version: mappings.version(),
                 };
-                events.iter().map(|e| meta.new_event(e)).collect()
+                events.into_iter().map(|e| meta.new_event(e)).collect()
             }
             Ok(Mapped::Unmapped) => match ctx.unmapped {
                 UnmappedPolicy::Accept => {
@@ -496,7 +496,7 @@ impl EventContext<'_, '_> {
     /// metadata saying where it came from. The ids of the patient, encounter and order streams the
     /// payload mentions are in `metadata.streams`, so projections and outbound lanes (per patient)
     /// need not derive them again.
-    fn new_event(&self, event: &MappedEvent) -> NewEvent {
+    fn new_event(&self, event: MappedEvent) -> NewEvent {
         let tenant = self.received.ctx.hospital_id.as_str();
         let (authority, value) = &event.stream_key;
         let mut streams = serde_json::Map::new();
@@ -522,9 +522,9 @@ impl EventContext<'_, '_> {
             // HL7 feeds are authoritative and ordered by their sender: append whatever the
             // stream's version. FHIR writes with If-Match will use `Exactly`.
             expected_version: ExpectedVersion::Any,
-            event_type: event.event_type.clone(),
+            event_type: event.event_type,
             schema_version: event.schema_version,
-            payload: event.payload.clone(),
+            payload: event.payload,
             metadata: serde_json::json!({
                 "channel": self.received.ctx.name,
                 "sender": {
@@ -534,7 +534,7 @@ impl EventContext<'_, '_> {
                 "control_id": self.message.msh_field(10),
                 "message_type": self.message.msh_field(9),
                 "inbound_id": self.inbound_id.hyphenated().to_string(),
-                "mapping": event.mapping,
+                "mapping": &event.mapping,
                 "mapping_version": self.mapping_version,
                 "received_at": received_at,
                 "streams": streams,

@@ -834,6 +834,47 @@ async fn measure(name: &str, store: &DynStore, batch_size: usize, tasks: usize) 
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+/// Two instances appending at `Any` to one stream (as mapped HL7 messages about one patient do)
+/// race between reading the version and inserting; the group committer retries the loser, so every
+/// message is stored and the stream stays gap-free.
+async fn postgres_two_instances_append_any_to_one_stream() {
+    use ferry::store::group_commit::{GroupCommitConfig, GroupCommitter};
+    let Some(db) = common::postgres_store().await else {
+        return;
+    };
+    let config = GroupCommitConfig {
+        max_wait: std::time::Duration::ZERO,
+        max_batch: 8,
+        workers: 2,
+    };
+    let (a, _ja) = GroupCommitter::start(db.store.clone(), config.clone());
+    let (b, _jb) = GroupCommitter::start(db.another_store().await, config);
+    let mut tasks = Vec::new();
+    for i in 0..200_u32 {
+        let committer = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            let w = with_events(
+                accepted("H1", &format!("ANY-{i}")),
+                vec![event("shared", ExpectedVersion::Any, i)],
+            );
+            committer.commit(w).await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), IngestOutcome::Stored);
+    }
+    let versions: Vec<i64> = db
+        .store
+        .read_stream("H1", "shared")
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.stream_version)
+        .collect();
+    assert_eq!(versions, (1..=200).collect::<Vec<_>>());
+}
+
 /// Two instances append to the same new stream at the same time: one wins, the other gets a version
 /// conflict (from its own check, or from the unique constraint when both read the stream as empty).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

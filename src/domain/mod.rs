@@ -292,7 +292,23 @@ pub fn normalize_payload(event: &str, payload: Value) -> Result<Value, DomainErr
 
 /// The JSON Schema (draft 2020-12) of an event type's payload.
 pub fn payload_schema(event: &str) -> Option<Value> {
-    let spec = event_spec(event)?;
+    schemas().get(event).cloned()
+}
+
+/// Every payload schema, generated once: mapping checks ask for field shapes thousands of times
+/// per load.
+fn schemas() -> &'static std::collections::HashMap<&'static str, Value> {
+    static SCHEMAS: std::sync::OnceLock<std::collections::HashMap<&'static str, Value>> =
+        std::sync::OnceLock::new();
+    SCHEMAS.get_or_init(|| {
+        CATALOGUE
+            .iter()
+            .map(|spec| (spec.name, generate_schema(spec)))
+            .collect()
+    })
+}
+
+fn generate_schema(spec: &EventSpec) -> Value {
     let schema = match spec.payload {
         PayloadKind::Patient => schemars::schema_for!(PatientPayload),
         PayloadKind::Encounter => schemars::schema_for!(EncounterPayload),
@@ -309,7 +325,7 @@ pub fn payload_schema(event: &str) -> Option<Value> {
             Value::from(spec.schema_version),
         );
     }
-    Some(value)
+    value
 }
 
 /// One JSON Schema document for the whole catalogue: every event's envelope (`event`, `schema_version`,
@@ -352,18 +368,18 @@ pub enum Shape {
 /// What is at `path` (e.g. `["patient", "identifiers"]`) of an event type's payload, or `None` when
 /// the schema has no such field. Mapping checks use it to refuse targets the catalogue does not know.
 pub fn field_shape(event: &str, path: &[&str]) -> Option<Shape> {
-    let schema = payload_schema(event)?;
-    let defs = schema.get("$defs").cloned().unwrap_or(Value::Null);
-    let mut node = &schema;
+    let schema = schemas().get(event)?;
+    let defs = schema.get("$defs").unwrap_or(&Value::Null);
+    let mut node = schema;
     for field in path {
-        let mut object = resolve(node, &defs)?;
+        let mut object = resolve(node, defs)?;
         // A field of a list's items: `patient.identifiers.value` is the value of each identifier.
         while let Some(items) = object.get("items") {
-            object = resolve(items, &defs)?;
+            object = resolve(items, defs)?;
         }
         node = object.get("properties")?.get(*field)?;
     }
-    shape_of(node, &defs)
+    shape_of(node, defs)
 }
 
 /// Follows `$ref` and unwraps `Option`'s `anyOf [T, null]` to the schema of `T`.

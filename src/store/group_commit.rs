@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::{DynStore, IngestOutcome, IngestWrite, StoreError};
+use super::{DynStore, ExpectedVersion, IngestOutcome, IngestWrite, StoreError};
 
 /// Tuning of the committer.
 #[derive(Debug, Clone, Copy)]
@@ -128,6 +128,27 @@ async fn worker(
     }
 }
 
+/// How often a batch appending at `Any` is tried when other instances keep appending to its
+/// streams first.
+const ANY_RACE_ATTEMPTS: u32 = 12;
+
+fn appends_at_any(writes: &[IngestWrite]) -> bool {
+    writes
+        .iter()
+        .flat_map(|w| &w.events)
+        .all(|e| e.expected_version == ExpectedVersion::Any)
+}
+
+/// Up to `attempt` × 500 µs, random (from the clock's nanoseconds: no need for a random generator
+/// to spread retries).
+fn jitter(attempt: u32) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    Duration::from_micros(u64::from(nanos % 500) * u64::from(attempt))
+}
+
 /// Commits a batch; on a race with another instance retries it; on a version conflict (which fails
 /// the whole transaction) commits each write alone so that one message's conflict does not fail the
 /// others.
@@ -159,6 +180,20 @@ async fn commit_with_retry(
                     .iter()
                     .map(|_| Err(CommitError::Store(error.clone())))
                     .collect();
+            }
+            // Writes that append at `Any` cannot conflict with what they expect; a conflict means
+            // another instance appended to the same stream between our version read and insert.
+            // The retry reads the new version; a short random pause keeps two instances that
+            // collided from colliding again in lock-step.
+            Err(StoreError::VersionConflict { .. })
+                if attempt < ANY_RACE_ATTEMPTS && appends_at_any(writes) =>
+            {
+                tracing::debug!(
+                    attempt,
+                    "Version race with another writer on an append at any version; retrying batch."
+                );
+                tokio::time::sleep(jitter(attempt)).await;
+                continue;
             }
             Err(StoreError::IdempotencyRace) if attempt < 4 => {
                 tracing::debug!(
