@@ -134,13 +134,14 @@ fn run() -> Option<Tally> {
         match set.map(&message) {
             Ok(Mapped::Events(events)) if !events.is_empty() => counts.mapped += 1,
             Ok(_) => counts.unmapped += 1,
-            Err(MapError {
-                code,
-                path: p,
-                mapping,
-                message: sentence,
-                ..
-            }) => {
+            Err(error) => {
+                let MapError {
+                    code,
+                    path: p,
+                    mapping,
+                    message: sentence,
+                    ..
+                } = *error;
                 counts.refused += 1;
                 let example = path
                     .strip_prefix(&root)

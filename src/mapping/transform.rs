@@ -26,8 +26,8 @@ pub enum Transform {
     /// HL7 DTM/TS → FHIR `dateTime`, keeping the precision sent; a time always gets an offset: the one sent,
     /// else the set's `default_timezone` at that moment.
     DateTime,
-    /// HL7 table 0136: `Y` → true, `N` → false; also `YES`/`NO`, which real senders use (any case).
-    /// Anything else is an error.
+    /// HL7 table 0136: `Y` → true, `N` → false (either case); anything else is an error: guessing at
+    /// yes/no words is how wrong deaths get recorded (conformance/README.md, PID-30 `NO`).
     Boolean,
 }
 
@@ -85,9 +85,9 @@ impl Transform {
             Transform::Lower => Out::Str(text.to_lowercase()),
             Transform::Date => Out::Str(fhir_date(&text)?),
             Transform::DateTime => Out::Str(fhir_datetime(&text, tz)?),
-            Transform::Boolean => match text.trim().to_ascii_uppercase().as_str() {
-                "Y" | "YES" => Out::Bool(true),
-                "N" | "NO" => Out::Bool(false),
+            Transform::Boolean => match text.trim() {
+                "Y" | "y" => Out::Bool(true),
+                "N" | "n" => Out::Bool(false),
                 other => {
                     return Err(format!("{other:?} is not a yes/no value (expected Y or N)"));
                 }
@@ -309,15 +309,15 @@ mod tests {
             (Transform::Lower, "ÄB", s("äb")),
             (Transform::Boolean, "Y", Out::Bool(true)),
             (Transform::Boolean, "n", Out::Bool(false)),
-            // Seen in the corpus (ms-fhir-converter ADT01-23, PID-30 `NO`).
-            (Transform::Boolean, "NO", Out::Bool(false)),
-            (Transform::Boolean, "Yes", Out::Bool(true)),
             (Transform::Date, "19700101", s("1970-01-01")),
         ];
         for (t, input, want) in cases {
             assert_eq!(&t.apply(s(input), &tz).unwrap(), want, "{t:?} {input}");
         }
-        assert!(Transform::Boolean.apply(s("X"), &tz).is_err());
+        // Table 0136 only: `NO` (Microsoft's ADT01-23, PID-30) is refused, not guessed at.
+        for bad in ["X", "NO", "Yes"] {
+            assert!(Transform::Boolean.apply(s(bad), &tz).is_err(), "{bad}");
+        }
         assert!(Transform::Upper.apply(Out::Bool(true), &tz).is_err());
         for name in Transform::NAMES {
             assert_eq!(Transform::from_name(name).unwrap().name(), *name);
