@@ -848,7 +848,7 @@ async fn postgres_two_instances_append_any_to_one_stream() {
         max_batch: 8,
         workers: 2,
     };
-    let (a, _ja) = GroupCommitter::start(db.store.clone(), config.clone());
+    let (a, _ja) = GroupCommitter::start(db.store.clone(), config);
     let (b, _jb) = GroupCommitter::start(db.another_store().await, config);
     let mut tasks = Vec::new();
     for i in 0..200_u32 {
