@@ -6,19 +6,21 @@
 //! |---|---|
 //! | MLLP listener (accept loop, connections, shutdown) | `src/listeners/mllp.rs` |
 //! | MLLP framing (codec) and client | `src/mllp/codec.rs`, `src/mllp/client.rs` |
-//! | domain events (catalogue, payload types, stream ids) | `src/domain/mod.rs`, `src/domain/model.rs` |
-//! | HTTP listener (health; FHIR later) | `src/listeners/http.rs` |
+//! | HTTP listener (health, metrics; FHIR later) | `src/listeners/http.rs` |
 //! | decode bytes → text by MSH-18 | `src/hl7/decode.rs` |
 //! | parse (zero-copy), escapes, paths | `src/hl7/parse.rs`, `src/hl7/escape.rs`, `src/hl7/path.rs` |
 //! | ACK building | `src/hl7/ack.rs` |
+//! | domain events (catalogue, payload types, stream ids) | `src/domain/mod.rs`, `src/domain/model.rs` |
 //! | mapping: HL7 v2 → domain events (YAML rules, checks, explain, examples) | `src/mapping/mod.rs` (loader `load.rs`, evaluator `eval.rs`) |
-//! | ingest: validate → commit → ACK | `src/pipeline.rs` |
+//! | hot reload of the mapping folder | `src/reload.rs` |
+//! | ingest: validate → map → commit → ACK | `src/pipeline.rs` |
 //! | group commit | `src/store/group_commit.rs` |
 //! | store contract; SQLite and PostgreSQL backends | `src/store/mod.rs`, `src/store/sqlite.rs`, `src/store/postgres.rs` |
 //! | wiring and shutdown | `src/app.rs` |
 //! | configuration | `src/config.rs` |
 //!
-//! Dependencies point inward: `hl7` knows nothing of sockets or stores; `store` knows no HL7 text;
+//! Dependencies point inward: `hl7` knows nothing of sockets or stores; `domain` depends on serde
+//! only; `mapping` depends on `hl7` and `domain`, never on the store; `store` knows no HL7 text;
 //! the pipeline ties them together for the listeners; `main.rs` depends on everything.
 #![forbid(unsafe_code)]
 
