@@ -202,10 +202,16 @@ async fn mapped_messages_become_events(url: String) {
 
     // A message type no mapping handles (the default policy): AA, stored, no event.
     let before = app.store.counts().await.unwrap();
+    // Its own control ID: the A01 with this MSH-10 was stored above, and a different message under
+    // the same ID is refused as a duplicate (AE 205) before mapping is asked.
     let unmapped = replace(
-        &replace(&a01, "ADT^A01^ADT_A01", "ADT^A99^ADT_A01"),
-        "EVN|A01",
-        "EVN|A99",
+        &replace(
+            &replace(&a01, "ADT^A01^ADT_A01", "ADT^A99^ADT_A01"),
+            "EVN|A01",
+            "EVN|A99",
+        ),
+        "|FIX-A01-0002|",
+        "|FIX-A99-0001|",
     );
     assert_eq!(
         summary(&client.request(&unmapped).await.unwrap()).code,
