@@ -869,7 +869,8 @@ fn shipped_mappings_explain_where_the_mrn_came_from() {
     assert_eq!(mrn.source.as_deref(), Some("PID.3[4].1"));
     assert_eq!(mrn.value, json!("100024"));
     assert!(
-        mrn.rule.starts_with("use patient → first of required → each PID.3[*] prefer"),
+        mrn.rule
+            .starts_with("use patient → first of required → each PID.3[*] prefer"),
         "{}",
         mrn.rule
     );
