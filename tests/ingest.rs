@@ -713,30 +713,12 @@ async fn connection_limit() {
 // Health, shutdown, and a store that goes away.
 // ---------------------------------------------------------------------------------------------
 
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, out)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_graceful_shutdown() {
     let backend = sqlite().await;
     let app = start(&backend).await;
-    assert_eq!(http_get(app.http_addr, "/health/live").await.0, 200);
-    let (status, body) = http_get(app.http_addr, "/health/ready").await;
+    assert_eq!(common::http_get(app.http_addr, "/health/live").await.0, 200);
+    let (status, body) = common::http_get(app.http_addr, "/health/ready").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"backend\":\"sqlite\""), "{body}");
 
@@ -784,7 +766,10 @@ async fn store_unreachable_gives_ae_never_aa() {
         "{:?}",
         s.diagnostics
     );
-    assert_eq!(http_get(app.http_addr, "/health/ready").await.0, 503);
+    assert_eq!(
+        common::http_get(app.http_addr, "/health/ready").await.0,
+        503
+    );
     app.shutdown().await;
 }
 

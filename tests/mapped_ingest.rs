@@ -224,10 +224,10 @@ async fn mapped_messages_become_events(url: String) {
     );
 
     // The readiness answer names the active mapping version.
-    let (status, body) = http_get(app.http_addr, "/health/ready").await;
+    let (status, body) = common::http_get(app.http_addr, "/health/ready").await;
     assert_eq!(status, 200);
     assert!(body.contains(&version), "{body}");
-    let (status, body) = http_get(app.http_addr, "/metrics").await;
+    let (status, body) = common::http_get(app.http_addr, "/metrics").await;
     assert_eq!(status, 200);
     assert!(
         body.contains(&format!("ferry_mappings_active{{version=\"{version}\"}} 1")),
@@ -281,19 +281,6 @@ async fn unmapped_messages_rejected_when_the_listener_says_so() {
     app.shutdown().await;
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
-    }
-}
-
 fn edit(path: &Path, from: &str, to: &str) {
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.contains(from), "{from:?} not in {}", path.display());
@@ -319,8 +306,8 @@ async fn wait_for_version(app: &App, accept: impl Fn(&str) -> bool) -> String {
 async fn hot_reload_while_messages_flow() {
     let work = tempfile::tempdir().unwrap();
     // The examples point at ../../fixtures, so the copy keeps that layout.
-    copy_tree(&manifest("mappings"), &work.path().join("mappings"));
-    copy_tree(&manifest("fixtures"), &work.path().join("fixtures"));
+    common::copy_tree(&manifest("mappings"), &work.path().join("mappings"));
+    common::copy_tree(&manifest("fixtures"), &work.path().join("fixtures"));
     let dir = work.path().join("mappings");
     let class_table = dir.join("tables/patient_class.yaml");
     let sex_table = dir.join("tables/administrative_sex.yaml");
@@ -418,22 +405,4 @@ async fn hot_reload_while_messages_flow() {
         visits.len()
     );
     app.shutdown().await;
-}
-
-async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
-    let status = out
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (status, out)
 }

@@ -3,6 +3,8 @@
 //! documentation kept in step with the code.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -70,8 +72,8 @@ fn shipped_mappings_pass_their_examples() {
 fn check_reports_every_problem_with_its_place() {
     let dir = tempfile::tempdir().unwrap();
     let mappings = dir.path().join("mappings");
-    copy_tree(&manifest("mappings"), &mappings);
-    copy_tree(&manifest("fixtures"), &dir.path().join("fixtures"));
+    common::copy_tree(&manifest("mappings"), &mappings);
+    common::copy_tree(&manifest("fixtures"), &dir.path().join("fixtures"));
     let a01 = mappings.join("inbound/adt_a01.patient_admitted.yaml");
     let text = std::fs::read_to_string(&a01).unwrap();
     let broken = text
@@ -170,18 +172,5 @@ fn readme_catalogue_lists_every_event() {
             readme.contains(&row),
             "mappings/README.md lacks the row {row}"
         );
-    }
-}
-
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).unwrap();
-        }
     }
 }
