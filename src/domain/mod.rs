@@ -294,13 +294,23 @@ fn normalize<T: serde::de::DeserializeOwned>(
 /// holds a number, empty objects stay (a `Some` of an all-default struct serialises as `{}`), and maps are
 /// ordered by key either way (serde_json without `preserve_order`).
 fn prune(v: &mut Value) {
+    let dropped = |k: &str, x: &Value| {
+        x.is_null()
+            || matches!(x, Value::Array(a) if a.is_empty())
+            || (k == "deceased" && *x == Value::Bool(false))
+    };
     match v {
-        Value::Object(map) => map.retain(|k, x| {
-            prune(x);
-            !(x.is_null()
-                || matches!(x, Value::Array(a) if a.is_empty())
-                || (k == "deceased" && *x == Value::Bool(false)))
-        }),
+        Value::Object(map) => {
+            let mut any = false;
+            for (k, x) in map.iter_mut() {
+                prune(x);
+                any |= dropped(k, x);
+            }
+            // Mapped payloads seldom hold anything to drop, and `retain` rebuilds the map's nodes.
+            if any {
+                map.retain(|k, x| !dropped(k, x));
+            }
+        }
         Value::Array(items) => items.iter_mut().for_each(prune),
         _ => {}
     }
@@ -450,12 +460,20 @@ fn shape_of(node: &Value, defs: &Value) -> Option<Shape> {
 /// The key of the stream of `kind` a payload belongs on, as (assigning authority, value): the first
 /// patient identifier; the visit number; the placer order number, else the filler order number.
 pub fn stream_key(kind: StreamKind, payload: &Value) -> Option<(Option<String>, String)> {
+    // `get` chains rather than `Value::pointer`, which allocates for every token of its path.
     let identifier = match kind {
-        StreamKind::Patient => payload.pointer("/patient/identifiers/0"),
-        StreamKind::Encounter => payload.pointer("/encounter/visit_number"),
-        StreamKind::Order => payload
-            .pointer("/order/placer_order_number")
-            .or_else(|| payload.pointer("/order/filler_order_number")),
+        StreamKind::Patient => {
+            // As the pointer's token `0` would: an array's first item, or an object's member "0".
+            let ids = payload.get("patient")?.get("identifiers")?;
+            ids.get(0).or_else(|| ids.get("0"))
+        }
+        StreamKind::Encounter => payload.get("encounter")?.get("visit_number"),
+        StreamKind::Order => {
+            let order = payload.get("order")?;
+            order
+                .get("placer_order_number")
+                .or_else(|| order.get("filler_order_number"))
+        }
     }?;
     let value = identifier.get("value")?.as_str()?.trim();
     if value.is_empty() {
