@@ -662,7 +662,7 @@ mod tests {
                 json!({
                     "patient": { "identifiers": [{ "value": "1", "authority": null, "type": "MR", "facility": "" }],
                                  "names": [{ "given": [], "family": "X", "use": null }, {}],
-                                 "addresses": [], "telecoms": null, "deceased": false, "deceased_at": null,
+                                 "addresses": [], "telecoms": [], "deceased": false, "deceased_at": null,
                                  "birth_date": "1980", "sex": "unknown" },
                     "encounter": { "location": {}, "prior_location": { "room": null }, "attending": [{}],
                                    "visit_number": null, "class": "inpatient", "hospital_service": "" }
@@ -704,6 +704,18 @@ mod tests {
             payloads.extend(found);
         }
         assert!(payloads.len() > 10, "the examples hold events");
+        // Why `prune` may drop every `null`: only `Option` fields accept one.
+        for refused in [
+            json!({ "patient": { "telecoms": null } }),
+            json!({ "patient": { "deceased": null } }),
+            json!({ "patient": { "names": [null] } }),
+            json!({ "patient": null }),
+        ] {
+            assert!(
+                normalize_payload("PatientUpdated", refused.clone()).is_err(),
+                "{refused}"
+            );
+        }
         for (event, payload) in payloads {
             let expected = round_trip_for(event, &payload).expect(event);
             let pruned = normalize_payload(event, payload.clone()).unwrap();
