@@ -265,16 +265,55 @@ pub enum DomainError {
     Invalid { event: String, message: String },
 }
 
-fn normalize<T: serde::de::DeserializeOwned + Serialize>(
+fn normalize<T: serde::de::DeserializeOwned>(
     event: &str,
-    payload: Value,
+    mut payload: Value,
 ) -> Result<Value, DomainError> {
-    let invalid = |e: serde_json::Error| DomainError::Invalid {
+    // The typed struct only checks: deserialising from a borrowed `Value` validates without moving the
+    // payload, and `prune` then gives the canonical form the typed round trip (`Value` → `T` → `Value`)
+    // would give, without rebuilding every string and map (the round trip was a quarter of the mapping
+    // cost). `prune_equals_the_typed_round_trip` pins the two together.
+    T::deserialize(&payload).map_err(|e| DomainError::Invalid {
         event: event.to_owned(),
         message: e.to_string(),
+    })?;
+    prune(&mut payload);
+    Ok(payload)
+}
+
+/// What serialising a payload's typed struct drops, once the struct has accepted the payload:
+/// - `null` object members: a `null` deserialises only into an `Option` (every other field type refuses it),
+///   and every `Option` field is `skip_serializing_if = "Option::is_none"`;
+/// - empty arrays as object members: arrays deserialise only into `Vec` fields, all of them
+///   `skip_serializing_if = "Vec::is_empty"` (no payload type has a list of lists or of options, so arrays
+///   never hold `null` or `[]` themselves);
+/// - `deceased: false`: `Patient::deceased` is the only field named `deceased` (every struct denies unknown
+///   fields) and the only `bool`, skipped when false.
+///
+/// Nothing else changes: strings (also dates and enum names) serialise back as they came, no payload type
+/// holds a number, empty objects stay (a `Some` of an all-default struct serialises as `{}`), and maps are
+/// ordered by key either way (serde_json without `preserve_order`).
+fn prune(v: &mut Value) {
+    let dropped = |k: &str, x: &Value| {
+        x.is_null()
+            || matches!(x, Value::Array(a) if a.is_empty())
+            || (k == "deceased" && *x == Value::Bool(false))
     };
-    let typed: T = serde_json::from_value(payload).map_err(invalid)?;
-    serde_json::to_value(typed).map_err(invalid)
+    match v {
+        Value::Object(map) => {
+            let mut any = false;
+            for (k, x) in map.iter_mut() {
+                prune(x);
+                any |= dropped(k, x);
+            }
+            // Mapped payloads seldom hold anything to drop, and `retain` rebuilds the map's nodes.
+            if any {
+                map.retain(|k, x| !dropped(k, x));
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(prune),
+        _ => {}
+    }
 }
 
 /// Checks a payload against its event type's struct (required fields, enums, date formats, no unknown
@@ -421,12 +460,20 @@ fn shape_of(node: &Value, defs: &Value) -> Option<Shape> {
 /// The key of the stream of `kind` a payload belongs on, as (assigning authority, value): the first
 /// patient identifier; the visit number; the placer order number, else the filler order number.
 pub fn stream_key(kind: StreamKind, payload: &Value) -> Option<(Option<String>, String)> {
+    // `get` chains rather than `Value::pointer`, which allocates for every token of its path.
     let identifier = match kind {
-        StreamKind::Patient => payload.pointer("/patient/identifiers/0"),
-        StreamKind::Encounter => payload.pointer("/encounter/visit_number"),
-        StreamKind::Order => payload
-            .pointer("/order/placer_order_number")
-            .or_else(|| payload.pointer("/order/filler_order_number")),
+        StreamKind::Patient => {
+            // As the pointer's token `0` would: an array's first item, or an object's member "0".
+            let ids = payload.get("patient")?.get("identifiers")?;
+            ids.get(0).or_else(|| ids.get("0"))
+        }
+        StreamKind::Encounter => payload.get("encounter")?.get("visit_number"),
+        StreamKind::Order => {
+            let order = payload.get("order")?;
+            order
+                .get("placer_order_number")
+                .or_else(|| order.get("filler_order_number"))
+        }
     }?;
     let value = identifier.get("value")?.as_str()?.trim();
     if value.is_empty() {
@@ -589,6 +636,107 @@ mod tests {
             normalize_payload("Nope", json!({})),
             Err(DomainError::UnknownEvent(_))
         ));
+    }
+
+    /// The payload as the typed struct's serialisation gives it: what `normalize` returned before `prune`.
+    fn round_trip<T: serde::de::DeserializeOwned + Serialize>(payload: &Value) -> Option<Value> {
+        let typed: T = serde_json::from_value(payload.clone()).ok()?;
+        serde_json::to_value(typed).ok()
+    }
+
+    fn round_trip_for(event: &str, payload: &Value) -> Option<Value> {
+        match event_spec(event)?.payload {
+            PayloadKind::Patient => round_trip::<PatientPayload>(payload),
+            PayloadKind::Encounter => round_trip::<EncounterPayload>(payload),
+            PayloadKind::Merge => round_trip::<MergePayload>(payload),
+            PayloadKind::Order => round_trip::<OrderPayload>(payload),
+            PayloadKind::Result => round_trip::<ResultPayload>(payload),
+        }
+    }
+
+    #[test]
+    fn prune_equals_the_typed_round_trip() {
+        let mut payloads = vec![
+            (
+                "PatientAdmitted",
+                json!({
+                    "patient": { "identifiers": [{ "value": "1", "authority": null, "type": "MR", "facility": "" }],
+                                 "names": [{ "given": [], "family": "X", "use": null }, {}],
+                                 "addresses": [], "telecoms": [], "deceased": false, "deceased_at": null,
+                                 "birth_date": "1980", "sex": "unknown" },
+                    "encounter": { "location": {}, "prior_location": { "room": null }, "attending": [{}],
+                                   "visit_number": null, "class": "inpatient", "hospital_service": "" }
+                }),
+            ),
+            (
+                "PatientUpdated",
+                json!({ "patient": { "deceased": true, "deceased_at": "2026-11-03T14:30:00Z" }, "encounter": null }),
+            ),
+            ("PatientUpdated", json!({ "patient": {}, "encounter": {} })),
+            (
+                "PatientsMerged",
+                json!({ "patient": { "names": [] }, "merged": { "identifiers": [], "visit_number": null } }),
+            ),
+            (
+                "OrderPlaced",
+                json!({ "patient": {}, "encounter": null,
+                        "order": { "control": "NW", "code": { "code": "C", "display": null }, "reason": null,
+                                   "ordering_provider": { "given": [], "prefix": null }, "priority": "stat" } }),
+            ),
+            (
+                "ResultReported",
+                json!({ "patient": {}, "order": null, "observations": [
+                    { "code": { "code": "X" }, "abnormal_flags": [], "units": null, "value": "1.50" },
+                    { "code": { "code": "Y", "system": "LN" }, "abnormal_flags": ["H", "A"] } ] }),
+            ),
+            (
+                "ResultReported",
+                json!({ "patient": {}, "observations": [] }),
+            ),
+        ];
+        // Every example's expected payload too, as the shipped mappings produce them.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings/examples");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+            let doc: Value = serde_json::from_str(&text).unwrap();
+            let mut found = Vec::new();
+            collect_events(&doc, &mut found);
+            payloads.extend(found);
+        }
+        assert!(payloads.len() > 10, "the examples hold events");
+        // Why `prune` may drop every `null`: only `Option` fields accept one.
+        for refused in [
+            json!({ "patient": { "telecoms": null } }),
+            json!({ "patient": { "deceased": null } }),
+            json!({ "patient": { "names": [null] } }),
+            json!({ "patient": null }),
+        ] {
+            assert!(
+                normalize_payload("PatientUpdated", refused.clone()).is_err(),
+                "{refused}"
+            );
+        }
+        for (event, payload) in payloads {
+            let expected = round_trip_for(event, &payload).expect(event);
+            let pruned = normalize_payload(event, payload.clone()).unwrap();
+            assert_eq!(pruned, expected, "{event}: {payload}");
+        }
+    }
+
+    /// `{"event": …, "payload": …}` objects anywhere in an example file.
+    fn collect_events(v: &Value, out: &mut Vec<(&'static str, Value)>) {
+        match v {
+            Value::Object(m) => {
+                if let (Some(Value::String(e)), Some(p)) = (m.get("event"), m.get("payload"))
+                    && let Some(spec) = event_spec(e)
+                {
+                    out.push((spec.name, p.clone()));
+                }
+                m.values().for_each(|x| collect_events(x, out));
+            }
+            Value::Array(a) => a.iter().for_each(|x| collect_events(x, out)),
+            _ => {}
+        }
     }
 
     #[test]

@@ -852,7 +852,18 @@ fn nth1<'a>(mut it: Split<'a>, n: usize) -> Option<Value<'a>> {
     it.nth(n - 1)
 }
 
-/// Lazily splits a value on one delimiter with `memchr`.
+/// Where `sep` first occurs. Most values a mapping splits are a few bytes long, where a plain loop costs
+/// less than `memchr`'s dispatch and setup; long ones (free text, encapsulated data) still get `memchr`.
+#[inline]
+fn find_byte(sep: u8, hay: &[u8]) -> Option<usize> {
+    if hay.len() < 32 {
+        hay.iter().position(|&b| b == sep)
+    } else {
+        memchr(sep, hay)
+    }
+}
+
+/// Lazily splits a value on one delimiter (see [`find_byte`]).
 #[derive(Debug, Clone)]
 pub struct Split<'a> {
     rest: Option<&'a str>,
@@ -894,7 +905,7 @@ impl<'a> Iterator for Split<'a> {
             self.rest = None;
             return Some(Value::new(rest, self.seps, self.level));
         }
-        match memchr(self.sep, rest.as_bytes()) {
+        match find_byte(self.sep, rest.as_bytes()) {
             Some(i) => {
                 // The separator is ASCII, so both slices fall on character boundaries.
                 let head = rest.get(..i).unwrap_or("");

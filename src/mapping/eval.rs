@@ -9,6 +9,8 @@
 //! across versions (PV1-2 is IS in 2.5 and CWE in 2.7), and reading the first component keeps a mapping written
 //! for one version working for the other. Empty values and HL7's null `""` are absent.
 
+use std::borrow::Cow;
+
 use serde_json::{Map, Value as J};
 
 use crate::domain::{self, StreamKind};
@@ -148,10 +150,13 @@ pub(crate) struct Eval<'s, 'm, 'a> {
     ast: &'s Ast,
     tz: &'s jiff::tz::TimeZone,
     segs: Vec<Segment<'m, 'a>>,
+    /// `segs`' IDs as bytes: paths look segments up by ID all the time, and comparing three bytes inline
+    /// costs less than comparing `&str`s through `memcmp`.
+    ids: Vec<[u8; 3]>,
     /// The current `for_each` group as a half-open range of segment indexes.
     group: Option<(usize, usize)>,
     /// Segment IDs that resolve inside the group (those found from the first group on).
-    group_ids: Vec<&'a str>,
+    group_ids: Vec<[u8; 3]>,
     mapping: &'s str,
     /// `Some` while explaining: the records so far.
     pub explain: Option<Vec<Explanation>>,
@@ -163,6 +168,11 @@ pub(crate) struct Eval<'s, 'm, 'a> {
     names: Vec<&'s str>,
 }
 
+/// A segment ID as bytes; `None` when it is not three bytes long (and so matches no segment).
+fn id3(id: &str) -> Option<[u8; 3]> {
+    id.as_bytes().try_into().ok()
+}
+
 fn is_blank(v: &Value<'_>) -> bool {
     let s = v.separators();
     v.is_null()
@@ -172,31 +182,41 @@ fn is_blank(v: &Value<'_>) -> bool {
 }
 
 /// The text of a value: first repetition, component and subcomponent, decoded; `None` when empty or null.
-fn leaf<'a>(item: Item<'a>, mut loc: Loc) -> Option<(&'a str, String, Loc)> {
-    let Item::Val(mut v) = item else {
+/// Borrowed from the message unless it has escapes: most texts are compared or looked up in a table and
+/// never need a `String` of their own.
+fn leaf<'a>(item: Item<'a>, mut loc: Loc) -> Option<(&'a str, Cow<'a, str>, Loc)> {
+    let Item::Val(v) = item else {
         return None;
     };
-    loop {
-        let next = match v.level() {
-            Level::Field => v.repetition(1),
-            Level::Repetition | Level::Component => v.component(1),
-            Level::Leaf => break,
+    // What `repetition(1)`, then `component(1)` down to a leaf, would give: each step keeps the text before
+    // its level's first separator (all of it when there is none, which is when the location does not
+    // name that step). Cutting the text directly spares building a splitter per step.
+    let seps = v.separators();
+    let mut raw = v.raw();
+    let steps: &[u8] = match v.level() {
+        Level::Field => &[seps.repetition, seps.component, seps.subcomponent],
+        Level::Repetition => &[seps.component, seps.subcomponent],
+        Level::Component => &[seps.subcomponent],
+        Level::Leaf => &[],
+    };
+    let first = 3 - steps.len();
+    for (i, sep) in steps.iter().enumerate() {
+        let Some(end) = raw.bytes().position(|b| b == *sep) else {
+            continue;
         };
-        let Some(n) = next else { break };
-        if n.raw().len() != v.raw().len() {
-            match v.level() {
-                Level::Field => loc.rep = Some(1),
-                Level::Repetition => loc.comp = Some(1),
-                Level::Component => loc.sub = Some(1),
-                Level::Leaf => {}
-            }
+        // The separator is ASCII, so the cut falls on a character boundary.
+        raw = raw.get(..end).unwrap_or("");
+        match first + i {
+            0 => loc.rep = Some(1),
+            1 => loc.comp = Some(1),
+            _ => loc.sub = Some(1),
         }
-        v = n;
     }
+    let v = Value::new(raw, seps, Level::Leaf);
     if v.raw().is_empty() || v.is_null() {
         return None;
     }
-    let text = v.decoded().into_owned();
+    let text = v.decoded();
     if text.is_empty() {
         return None;
     }
@@ -210,10 +230,13 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         msg: &'m Message<'a>,
         explain: bool,
     ) -> Self {
+        let segs: Vec<Segment<'m, 'a>> = msg.segments().collect();
         Eval {
             ast,
             tz,
-            segs: msg.segments().collect(),
+            // A parsed segment's ID is always three bytes; `[0; 3]` could match no path.
+            ids: segs.iter().map(|s| id3(s.id()).unwrap_or([0; 3])).collect(),
+            segs,
             group: None,
             group_ids: Vec::new(),
             mapping: "",
@@ -269,9 +292,9 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         }
         self.group_ids.clear();
         if let Some((first, _)) = out.first() {
-            for s in &self.segs[*first..] {
-                if !self.group_ids.contains(&s.id()) {
-                    self.group_ids.push(s.id());
+            for id in &self.ids[*first..] {
+                if !self.group_ids.contains(id) {
+                    self.group_ids.push(*id);
                 }
             }
         }
@@ -283,7 +306,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
     /// The segment range an absolute path's segment resolves in.
     fn range_for(&self, id: &str) -> (usize, usize) {
         match self.group {
-            Some(g) if self.group_ids.contains(&id) => g,
+            Some(g) if id3(id).is_some_and(|id| self.group_ids.contains(&id)) => g,
             _ => (0, self.segs.len()),
         }
     }
@@ -298,9 +321,12 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         match p {
             PathRef::Abs(path) => {
                 let (from, to) = self.range_for(&path.segment);
+                let Some(want) = id3(&path.segment) else {
+                    return;
+                };
                 let mut seen = 0usize;
                 for idx in from..to {
-                    if self.segs[idx].id() != path.segment {
+                    if self.ids[idx] != want {
                         continue;
                     }
                     seen += 1;
@@ -538,10 +564,10 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         self.primary_loc(rule, None)
     }
 
-    fn text_at(&self, scope: Scope<'a>, p: &PathRef) -> Option<String> {
+    fn text_at(&self, scope: Scope<'a>, p: &PathRef) -> Option<Cow<'a, str>> {
         let (item, loc) = self.first(scope, p)?;
         if let Item::Seg(_) = item {
-            return Some(String::new());
+            return Some(Cow::Borrowed(""));
         }
         leaf(item, loc).map(|(_, t, _)| t)
     }
@@ -550,7 +576,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
     fn matches(&self, item: Item<'a>, loc: Loc, conditions: &[Match]) -> bool {
         conditions.iter().all(|(rp, values)| {
             self.text_at(Some((item, loc)), rp)
-                .is_some_and(|t| values.contains(&t))
+                .is_some_and(|t| values.iter().any(|v| *v == t))
         })
     }
 
@@ -561,7 +587,8 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
             None => false,
         };
         let is_in = |p: &PathRef, values: &[String]| {
-            self.text_at(scope, p).is_some_and(|t| values.contains(&t))
+            self.text_at(scope, p)
+                .is_some_and(|t| values.iter().any(|v| *v == t))
         };
         match &c.test {
             Test::Present => c.paths.iter().any(present),
@@ -763,7 +790,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
             None => (None, None),
         };
         let loc = self.primary_loc(rule, scope);
-        let out = self.post(rule, text, raw.as_deref().unwrap_or(""), loc)?;
+        let out = self.post(rule, Cow::Owned(text), raw.as_deref().unwrap_or(""), loc)?;
         if let (Some(ex), Some(v)) = (&mut self.explain, &out)
             && let Some(last) = ex.last_mut()
         {
@@ -804,31 +831,38 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
     fn post(
         &mut self,
         rule: &'s Rule,
-        text: String,
+        text: Cow<'_, str>,
         raw: &str,
         loc: Option<Loc>,
     ) -> Res<Option<J>> {
-        let mut out = Out::Str(text);
-        for t in &rule.transforms {
-            out = t.apply(out, self.tz).map_err(|m| {
-                let at = loc.map(|l| format!(" at {}", l.path())).unwrap_or_default();
-                self.err(
-                    MapErrorCode::DataType,
-                    loc,
-                    format!("{m}{at}{}", self.for_field()),
-                )
-            })?;
-        }
-        let text = match out {
-            Out::Bool(b) => return Ok(Some(J::Bool(b))),
-            Out::Str(s) if s.is_empty() => return Ok(None),
-            Out::Str(s) => s,
+        // The text stays borrowed unless a transform rewrites it or it becomes the output itself.
+        let text = if rule.transforms.is_empty() {
+            text
+        } else {
+            let mut out = Out::Str(text.into_owned());
+            for t in &rule.transforms {
+                out = t.apply(out, self.tz).map_err(|m| {
+                    let at = loc.map(|l| format!(" at {}", l.path())).unwrap_or_default();
+                    self.err(
+                        MapErrorCode::DataType,
+                        loc,
+                        format!("{m}{at}{}", self.for_field()),
+                    )
+                })?;
+            }
+            match out {
+                Out::Bool(b) => return Ok(Some(J::Bool(b))),
+                Out::Str(s) => Cow::Owned(s),
+            }
         };
+        if text.is_empty() {
+            return Ok(None);
+        }
         let Some(tid) = rule.table else {
-            return Ok(Some(J::String(text)));
+            return Ok(Some(J::String(text.into_owned())));
         };
         let table = &self.ast.tables[tid];
-        if let Some(v) = table.map.get(&text) {
+        if let Some(v) = table.map.get(text.as_ref()) {
             return Ok(Some(J::String(v.clone())));
         }
         if let Some(d) = &table.default {

@@ -188,12 +188,36 @@ fn parse_hl7_time(text: &str) -> Result<Hl7Time<'_>, String> {
     })
 }
 
-fn date_part(t: &Hl7Time<'_>) -> String {
-    match (t.month, t.day) {
-        (Some(m), Some(d)) => format!("{:04}-{m:02}-{d:02}", t.year),
-        (Some(m), None) => format!("{:04}-{m:02}", t.year),
-        _ => format!("{:04}", t.year),
+/// Appends `n` zero-padded to `width` digits, as `{n:0width$}` would: every mapped message formats a few
+/// dates, and `format!` costs several times this.
+fn push_padded(s: &mut String, n: i32, width: u32) {
+    if n < 0 || n >= 10_i32.pow(width) {
+        use std::fmt::Write;
+        let _ = write!(s, "{n:0w$}", w = width as usize);
+        return;
     }
+    for i in (0..width).rev() {
+        let digit = (n / 10_i32.pow(i)) % 10;
+        s.push(char::from(b'0' + digit as u8));
+    }
+}
+
+fn push_date_part(s: &mut String, t: &Hl7Time<'_>) {
+    push_padded(s, i32::from(t.year), 4);
+    if let Some(m) = t.month {
+        s.push('-');
+        push_padded(s, i32::from(m), 2);
+        if let Some(d) = t.day {
+            s.push('-');
+            push_padded(s, i32::from(d), 2);
+        }
+    }
+}
+
+fn date_part(t: &Hl7Time<'_>) -> String {
+    let mut s = String::with_capacity(10);
+    push_date_part(&mut s, t);
+    s
 }
 
 /// HL7 DT or DTM → FHIR date (the date as written; a time and offset are dropped).
@@ -224,13 +248,24 @@ pub fn fhir_datetime(text: &str, tz: &TimeZone) -> Result<String, String> {
     };
     let sign = if offset_secs < 0 { '-' } else { '+' };
     let abs = offset_secs.abs();
-    let fraction = t.fraction.map(|f| format!(".{f}")).unwrap_or_default();
-    Ok(format!(
-        "{}T{hour:02}:{minute:02}:{second:02}{fraction}{sign}{:02}:{:02}",
-        date_part(&t),
-        abs / 3600,
-        (abs % 3600) / 60
-    ))
+    // `{date}T{hour:02}:{minute:02}:{second:02}{.fraction}{sign}{hh:02}:{mm:02}`, without `format!`.
+    let mut s = String::with_capacity(30);
+    push_date_part(&mut s, &t);
+    s.push('T');
+    push_padded(&mut s, i32::from(hour), 2);
+    s.push(':');
+    push_padded(&mut s, i32::from(minute), 2);
+    s.push(':');
+    push_padded(&mut s, i32::from(second), 2);
+    if let Some(f) = t.fraction {
+        s.push('.');
+        s.push_str(f);
+    }
+    s.push(sign);
+    push_padded(&mut s, abs / 3600, 2);
+    s.push(':');
+    push_padded(&mut s, (abs % 3600) / 60, 2);
+    Ok(s)
 }
 
 #[cfg(test)]
@@ -240,6 +275,25 @@ mod tests {
 
     fn zurich() -> TimeZone {
         TimeZone::get("Europe/Zurich").unwrap()
+    }
+
+    #[test]
+    fn padding_matches_format() {
+        for (n, w) in [
+            (0, 2),
+            (7, 2),
+            (42, 2),
+            (123, 2),
+            (-5, 2),
+            (1980, 4),
+            (33, 4),
+            (0, 4),
+            (10000, 4),
+        ] {
+            let mut s = String::new();
+            push_padded(&mut s, n, w);
+            assert_eq!(s, format!("{n:0w$}", w = w as usize), "{n} {w}");
+        }
     }
 
     #[test]
