@@ -844,18 +844,12 @@ impl Loader<'_> {
                     if self.datatypes_broken {
                         return None;
                     }
-                    let mut known: Vec<&str> = self.rule_ids.keys().map(String::as_str).collect();
-                    known.sort_unstable();
                     self.problem(
                         file,
                         v.pos,
                         format!(
                             "unknown rule {name:?}; named rules (datatypes.yaml `rules:`): {}",
-                            if known.is_empty() {
-                                "none".to_string()
-                            } else {
-                                known.join(", ")
-                            }
+                            known_names(&self.rule_ids)
                         ),
                     );
                     return None;
@@ -882,19 +876,12 @@ impl Loader<'_> {
                     }
                     None if self.datatypes_broken => return None,
                     None => {
-                        let mut known: Vec<&str> =
-                            self.datatype_ids.keys().map(String::as_str).collect();
-                        known.sort_unstable();
                         self.problem(
                             file,
                             v.pos,
                             format!(
                                 "unknown datatype {name:?}; datatypes (datatypes.yaml): {}",
-                                if known.is_empty() {
-                                    "none".to_string()
-                                } else {
-                                    known.join(", ")
-                                }
+                                known_names(&self.datatype_ids)
                             ),
                         );
                         return None;
@@ -941,19 +928,12 @@ impl Loader<'_> {
                             rule.desc.push_str(&format!(" table {name}"));
                         }
                         None => {
-                            let mut known: Vec<&str> =
-                                self.table_ids.keys().map(String::as_str).collect();
-                            known.sort_unstable();
                             self.problem(
                                 file,
                                 v.pos,
                                 format!(
                                     "unknown table {name:?} (no tables/{name}.yaml); tables: {}",
-                                    if known.is_empty() {
-                                        "none".to_string()
-                                    } else {
-                                        known.join(", ")
-                                    }
+                                    known_names(&self.table_ids)
                                 ),
                             );
                         }
@@ -1651,4 +1631,15 @@ fn stem(rel: &FsPath) -> String {
     rel.file_stem()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
+}
+
+/// The names of a kind (datatypes, rules, tables), sorted, for "unknown …; known: …" problems.
+fn known_names(ids: &HashMap<String, usize>) -> String {
+    let mut known: Vec<&str> = ids.keys().map(String::as_str).collect();
+    known.sort_unstable();
+    if known.is_empty() {
+        "none".to_owned()
+    } else {
+        known.join(", ")
+    }
 }
