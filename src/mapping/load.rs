@@ -609,6 +609,16 @@ impl Loader<'_> {
     }
 
     /// A rule: a path string, or a map with one source and modifiers.
+    /// The rules of a `first:` or `join:` list; `None` when any of them has a problem (each one
+    /// reported), so that a half-checked list never becomes part of the set.
+    fn rule_list(&mut self, file: usize, items: &[Node], scoped: bool) -> Option<Vec<Rule>> {
+        let rules: Vec<Rule> = items
+            .iter()
+            .filter_map(|i| self.rule(file, i, scoped))
+            .collect();
+        (rules.len() == items.len()).then_some(rules)
+    }
+
     fn rule(&mut self, file: usize, node: &Node, scoped: bool) -> Option<Rule> {
         let mut rule = placeholder_rule(file, node.pos);
         if let Kind::Scalar { .. } = node.kind {
@@ -793,13 +803,7 @@ impl Loader<'_> {
                     );
                     return None;
                 };
-                let rules: Vec<Rule> = items
-                    .iter()
-                    .filter_map(|i| self.rule(file, i, scoped))
-                    .collect();
-                if rules.len() != items.len() {
-                    return None;
-                }
+                let rules = self.rule_list(file, items, scoped)?;
                 desc = "first of".to_string();
                 Source::First(rules)
             }
@@ -809,13 +813,7 @@ impl Loader<'_> {
                     self.problem(file, v.pos, "`join` takes a list of rules: join: [.6, .7]");
                     return None;
                 };
-                let parts: Vec<Rule> = items
-                    .iter()
-                    .filter_map(|i| self.rule(file, i, scoped))
-                    .collect();
-                if parts.len() != items.len() {
-                    return None;
-                }
+                let parts = self.rule_list(file, items, scoped)?;
                 let separator = match get("separator") {
                     Some(s) => self.string(file, s, "`separator`")?,
                     None => " ".to_string(),
