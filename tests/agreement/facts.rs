@@ -68,3 +68,24 @@ pub struct OrderFacts {
     /// ORC-1 (table 0119), Ferry's side only: the status when ORC-5 is empty.
     pub control: Option<String>,
 }
+
+/// A non-empty string at a JSON pointer (both extractions read their side's JSON this way).
+pub fn text(v: &serde_json::Value, pointer: &str) -> Option<String> {
+    v.pointer(pointer)
+        .and_then(serde_json::Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+}
+
+/// The strings of a JSON array at a pointer (given names on both sides); empty when absent.
+pub fn texts(v: &serde_json::Value, pointer: &str) -> Vec<String> {
+    v.pointer(pointer)
+        .and_then(serde_json::Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(serde_json::Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}

@@ -5,7 +5,7 @@
 
 use serde_json::Value;
 
-use super::facts::{Facts, Ident, OrderFacts, Stamp};
+use super::facts::{Facts, Ident, OrderFacts, Stamp, text, texts};
 
 /// The system prefix Microsoft's converter builds from an HD namespace it has no URI for
 /// (`http://example.com/v2-to-fhir-converter/Identifier/<namespace>`): the part after it is the authority name.
@@ -44,16 +44,7 @@ pub fn extract(bundle: &Value) -> Facts {
             })
             .unwrap_or_default();
         facts.family = text(patient, "/name/0/family");
-        facts.given = patient
-            .pointer("/name/0/given")
-            .and_then(Value::as_array)
-            .map(|g| {
-                g.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
+        facts.given = texts(patient, "/name/0/given");
         facts.birth_date = text(patient, "/birthDate");
         facts.gender = text(patient, "/gender");
     }
@@ -73,14 +64,6 @@ pub fn extract(bundle: &Value) -> Facts {
         })
         .collect();
     facts
-}
-
-/// A non-empty string at a pointer.
-fn text(v: &Value, pointer: &str) -> Option<String> {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
 }
 
 /// One Patient.identifier with every name of its assigning authority.

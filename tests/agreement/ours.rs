@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::facts::{Facts, Ident, OrderFacts, Stamp};
+use super::facts::{Facts, Ident, OrderFacts, Stamp, text, texts};
 
 /// The compared fields of a message's events (their payloads, in event order).
 ///
@@ -33,16 +33,7 @@ pub fn extract(events: &[&Value], raw: &HashMap<(usize, String), String>) -> Fac
             })
             .unwrap_or_default();
         facts.family = text(patient, "/names/0/family");
-        facts.given = patient
-            .pointer("/names/0/given")
-            .and_then(Value::as_array)
-            .map(|g| {
-                g.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
-            .unwrap_or_default();
+        facts.given = texts(patient, "/names/0/given");
         facts.birth_date = text(patient, "/birth_date");
         facts.gender = text(patient, "/sex");
     }
@@ -73,11 +64,4 @@ pub fn extract(events: &[&Value], raw: &HashMap<(usize, String), String>) -> Fac
         })
         .collect();
     facts
-}
-
-fn text(v: &Value, pointer: &str) -> Option<String> {
-    v.pointer(pointer)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
 }
