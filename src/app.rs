@@ -195,7 +195,15 @@ impl App {
             listeners_up: listeners_up.clone(),
             mappings: mappings.clone(),
             metrics: crate::telemetry::metrics_handle(),
-        });
+        })
+        .nest(
+            "/fhir",
+            crate::listeners::fhir::router(crate::listeners::fhir::FhirState::new(
+                store.clone(),
+                settings.http.hospital_id.clone(),
+                settings.http.fhir_base_url.clone(),
+            )),
+        );
         let http_shutdown = shutdown.clone();
         let http = tokio::spawn(async move {
             let serve = axum::serve(http_tcp, app_router)

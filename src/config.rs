@@ -92,18 +92,25 @@ impl Default for StoreSettings {
     }
 }
 
-/// The HTTP port: health endpoints now, the FHIR API later.
+/// The HTTP port: health endpoints, metrics and the FHIR API (`/fhir`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpSettings {
     /// Environment: `FERRY_HTTP_LISTEN`. Port 0 picks a free port.
     pub listen: SocketAddr,
+    /// The tenant whose data the FHIR API serves when authentication is off.
+    pub hospital_id: String,
+    /// The FHIR API's public base URL (`https://ferry.example/fhir`), used in Bundle links and
+    /// `fullUrl`s. Unset: `http://<Host header>/fhir`.
+    pub fhir_base_url: Option<String>,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            hospital_id: "default".into(),
+            fhir_base_url: None,
         }
     }
 }

@@ -6,7 +6,8 @@
 //! |---|---|
 //! | MLLP listener (accept loop, connections, shutdown) | `src/listeners/mllp.rs` |
 //! | MLLP framing (codec) and client | `src/mllp/codec.rs`, `src/mllp/client.rs` |
-//! | HTTP listener (health, metrics; FHIR later) | `src/listeners/http.rs` |
+//! | HTTP listener (health, metrics; nests the FHIR API) | `src/listeners/http.rs` |
+//! | FHIR API: read, vread, history, search | `src/listeners/fhir/mod.rs` (`params.rs`, `outcome.rs`, `capability.rs`) |
 //! | decode bytes → text by MSH-18 | `src/hl7/decode.rs` |
 //! | parse (zero-copy), escapes, paths | `src/hl7/parse.rs`, `src/hl7/escape.rs`, `src/hl7/path.rs` |
 //! | ACK building | `src/hl7/ack.rs` |
@@ -16,11 +17,13 @@
 //! | ingest: validate → map → commit → ACK | `src/pipeline.rs` |
 //! | group commit | `src/store/group_commit.rs` |
 //! | store contract; SQLite and PostgreSQL backends | `src/store/mod.rs`, `src/store/sqlite.rs`, `src/store/postgres.rs` |
+//! | projections: events → FHIR read models (in the commit) | `src/projections/mod.rs` (`apply.rs`, `render.rs`, `search.rs`); SQL in `src/store/sqlite_fhir.rs`, `src/store/postgres_fhir.rs`, `src/store/fhir.rs` |
 //! | wiring and shutdown | `src/app.rs` |
 //! | configuration | `src/config.rs` |
 //!
 //! Dependencies point inward: `hl7` knows nothing of sockets or stores; `domain` depends on serde
-//! only; `mapping` depends on `hl7` and `domain`, never on the store; `store` knows no HL7 text;
+//! only; `mapping` depends on `hl7` and `domain`, never on the store; `projections` depends on
+//! `domain` and knows no SQL; `store` knows no HL7 text;
 //! the pipeline ties them together for the listeners; `main.rs` depends on everything.
 #![forbid(unsafe_code)]
 
@@ -33,6 +36,7 @@ pub mod loadgen;
 pub mod mapping;
 pub mod mllp;
 pub mod pipeline;
+pub mod projections;
 pub mod reload;
 pub mod store;
 pub mod telemetry;

@@ -63,6 +63,11 @@ enum Command {
         #[arg(long, env = "FERRY_MAPPINGS_DIR", default_value = "mappings")]
         mappings: PathBuf,
     },
+    /// Maintain the FHIR read models.
+    Projections {
+        #[command(subcommand)]
+        what: ProjectionsCommand,
+    },
     /// Load generators.
     Bench {
         #[command(subcommand)]
@@ -90,6 +95,16 @@ enum MappingsCommand {
         /// The schema of the domain events (the catalogue) instead.
         #[arg(long)]
         events: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsCommand {
+    /// Replay every event of the store into fresh read models, in one transaction (FHIR reads see
+    /// the old ones until it commits; on PostgreSQL, ingest waits for it).
+    Rebuild {
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -145,6 +160,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Mappings { what } => mappings_command(what),
+        Command::Projections {
+            what: ProjectionsCommand::Rebuild { config },
+        } => rebuild_projections(config).await,
         Command::Map {
             file,
             explain,
@@ -188,6 +206,41 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `ferry projections rebuild`: a progress bar on a terminal, the count at the end.
+async fn rebuild_projections(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
+    let settings = Settings::load(config.as_deref())?;
+    ferry::telemetry::init(&settings.log);
+    let store = ferry::app::open_store(&settings)
+        .await
+        .context("cannot open the store")?;
+    let total = store
+        .counts()
+        .await
+        .context("cannot count the events")?
+        .events;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(u64::try_from(total).unwrap_or(0));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} replaying events {pos}/{len} [{bar:40}] {per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let replayed = store
+        .rebuild_projections(&|n| bar.set_position(n))
+        .await
+        .context("rebuild failed; the previous read models are unchanged")?;
+    bar.finish_and_clear();
+    println!("ferry: projections rebuilt from {replayed} events");
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {

@@ -50,7 +50,24 @@ both_backends!(
     nul_characters_in_text_are_refused_alike,
     batch_beyond_bind_parameter_limits,
     reused_inbound_id_is_not_a_version_conflict,
+    a_catalogue_event_the_projections_cannot_read_fails_the_batch,
 );
+
+/// Projections never swallow errors: a `PatientAdmitted` whose payload is not a patient
+/// admission fails its batch, and nothing of it is written.
+async fn a_catalogue_event_the_projections_cannot_read_fails_the_batch(store: DynStore) {
+    let mut bad = event("encounter-1", ExpectedVersion::Any, 1);
+    bad.event_type = "PatientAdmitted".into();
+    let w = with_events(accepted("H1", "BAD-1"), vec![bad]);
+    let before = store.counts().await.unwrap();
+    let err = store.commit_ingest(&[w]).await.unwrap_err();
+    assert!(
+        matches!(err, ferry::store::StoreError::Projection(_)),
+        "{err:?}"
+    );
+    assert!(!err.is_transient());
+    assert_eq!(store.counts().await.unwrap(), before);
+}
 
 /// Microsecond precision: what both backends keep.
 fn now_micros() -> OffsetDateTime {
@@ -110,11 +127,13 @@ fn rejected(hospital: &str, control_id: &str) -> IngestWrite {
     w
 }
 
+/// An event of a type outside the domain catalogue: the store takes any event, and only catalogue
+/// events have read models, so these tests are about the store alone.
 fn event(stream: &str, expected: ExpectedVersion, n: u32) -> NewEvent {
     NewEvent {
         stream_id: stream.into(),
         expected_version: expected,
-        event_type: "PatientAdmitted".into(),
+        event_type: "TestEventRecorded".into(),
         schema_version: 2,
         payload: json!({"n": n, "name": "Müller", "nested": {"list": [1, 2.5, null, true]}}),
         metadata: json!({"channel": "adt", "control_id": format!("C{n}")}),

@@ -195,6 +195,15 @@ async fn commit_with_retry(
                 tokio::time::sleep(jitter(attempt)).await;
                 continue;
             }
+            // Another instance updated the same read-model rows: the retry reads them anew.
+            Err(StoreError::Contention) if attempt < ANY_RACE_ATTEMPTS => {
+                tracing::debug!(
+                    attempt,
+                    "Read-model race with another writer; retrying batch."
+                );
+                tokio::time::sleep(jitter(attempt)).await;
+                continue;
+            }
             Err(StoreError::IdempotencyRace) if attempt < 4 => {
                 tracing::debug!(
                     attempt,
@@ -207,7 +216,8 @@ async fn commit_with_retry(
             Err(
                 StoreError::VersionConflict { .. }
                 | StoreError::Database(_)
-                | StoreError::Corrupt(_),
+                | StoreError::Corrupt(_)
+                | StoreError::Projection(_),
             ) if writes.len() > 1 => {
                 tracing::debug!(
                     batch = writes.len(),
@@ -241,9 +251,10 @@ mod tests {
     use uuid::Uuid;
 
     use super::*;
+    use crate::projections::ResourceType;
     use crate::store::{
-        Backend, EventStore, IdempotencyKey, IdempotencyRecord, InboundRecord, InboundStatus,
-        RecordedEvent, StoreCounts,
+        Backend, EventStore, HistoryQuery, IdempotencyKey, IdempotencyRecord, InboundRecord,
+        InboundStatus, RecordedEvent, SearchPage, SearchQuery, StoreCounts, StoredResource,
     };
 
     /// Fails every batch that contains a write of tenant "poison"; records batch sizes.
@@ -301,7 +312,56 @@ mod tests {
         fn counts(&self) -> BoxFuture<'_, Result<StoreCounts, StoreError>> {
             async { Ok(StoreCounts::default()) }.boxed()
         }
+        fn fhir_read<'a>(
+            &'a self,
+            _: &'a str,
+            _: ResourceType,
+            _: &'a str,
+            _: Option<i64>,
+        ) -> BoxFuture<'a, Result<Option<StoredResource>, StoreError>> {
+            async { Ok(None) }.boxed()
+        }
+        fn fhir_search<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a SearchQuery,
+        ) -> BoxFuture<'a, Result<SearchPage, StoreError>> {
+            async {
+                Ok(SearchPage {
+                    total: 0,
+                    resources: Vec::new(),
+                })
+            }
+            .boxed()
+        }
+        fn fhir_history<'a>(
+            &'a self,
+            _: &'a str,
+            _: &'a HistoryQuery,
+        ) -> BoxFuture<'a, Result<SearchPage, StoreError>> {
+            self.fhir_search("", &NO_QUERY)
+        }
+        fn events_after(
+            &self,
+            _: i64,
+            _: i64,
+        ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
+            async { Ok(Vec::new()) }.boxed()
+        }
+        fn rebuild_projections<'a>(
+            &'a self,
+            _: &'a (dyn Fn(u64) + Send + Sync),
+        ) -> BoxFuture<'a, Result<u64, StoreError>> {
+            async { Ok(0) }.boxed()
+        }
     }
+
+    static NO_QUERY: SearchQuery = SearchQuery {
+        resource_type: ResourceType::Patient,
+        filters: Vec::new(),
+        count: 0,
+        offset: 0,
+    };
 
     fn write(tenant: &str) -> IngestWrite {
         IngestWrite {

@@ -7,13 +7,19 @@
 //! is written in one transaction, so a message's log row, idempotency record and events are either all
 //! durable or all absent. [`group_commit`] gathers writes from many connections into such batches.
 
+pub mod fhir;
 pub mod group_commit;
 mod plan;
 pub mod postgres;
+mod postgres_fhir;
 mod rows;
 pub mod sqlite;
+mod sqlite_fhir;
 
 use std::sync::Arc;
+
+use crate::projections::ResourceType;
+pub use fhir::{HistoryQuery, SearchPage, SearchQuery, StoredResource};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -63,12 +69,31 @@ pub enum StoreError {
     /// A value could not be converted to or from its column.
     #[error("corrupt row: {0}")]
     Corrupt(String),
+    /// The events could not be folded into the read models; nothing of the batch was written.
+    #[error("projection failed: {0}")]
+    Projection(#[from] crate::projections::ProjectionError),
+    /// Another instance changed the same read-model rows at the same time (PostgreSQL); the batch
+    /// was rolled back and can be retried as a whole.
+    #[error("concurrent update of the same resources by another writer; batch rolled back")]
+    Contention,
+}
+
+/// The time a commit records (events' `recorded_at`, resources' `lastUpdated`), to the
+/// microsecond both backends store, so that what the projector rendered equals what a rebuild
+/// from the stored events renders.
+pub(crate) fn commit_time() -> OffsetDateTime {
+    let now = OffsetDateTime::now_utc();
+    now.replace_nanosecond(now.nanosecond() / 1_000 * 1_000)
+        .unwrap_or(now)
 }
 
 impl StoreError {
     /// True when the failure says nothing about the batch's content: a retry may well succeed.
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Database(_) | StoreError::IdempotencyRace)
+        matches!(
+            self,
+            StoreError::Database(_) | StoreError::IdempotencyRace | StoreError::Contention
+        )
     }
 }
 
@@ -202,6 +227,18 @@ pub struct RecordedEvent {
     pub recorded_at: OffsetDateTime,
 }
 
+impl RecordedEvent {
+    /// The event as the projections see it.
+    pub fn view(&self) -> crate::projections::EventView<'_> {
+        crate::projections::EventView {
+            tenant: &self.hospital_id,
+            event_type: &self.event_type,
+            payload: &self.payload,
+            metadata: &self.metadata,
+        }
+    }
+}
+
 /// Everything one inbound message writes, committed together or not at all.
 #[derive(Debug, Clone)]
 pub struct IngestWrite {
@@ -284,6 +321,44 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// Row counts over all tenants.
     fn counts(&self) -> BoxFuture<'_, Result<StoreCounts, StoreError>>;
+
+    /// The current version of a resource (`version` None), or one version of it (vread).
+    fn fhir_read<'a>(
+        &'a self,
+        tenant: &'a str,
+        resource_type: ResourceType,
+        id: &'a str,
+        version: Option<i64>,
+    ) -> BoxFuture<'a, Result<Option<StoredResource>, StoreError>>;
+
+    /// One page of a type-level search, with the total number of matches.
+    fn fhir_search<'a>(
+        &'a self,
+        tenant: &'a str,
+        query: &'a SearchQuery,
+    ) -> BoxFuture<'a, Result<SearchPage, StoreError>>;
+
+    /// One page of a resource's or a type's history, newest first, with the total.
+    fn fhir_history<'a>(
+        &'a self,
+        tenant: &'a str,
+        query: &'a HistoryQuery,
+    ) -> BoxFuture<'a, Result<SearchPage, StoreError>>;
+
+    /// Up to `limit` events after `position` in the store's total order (all tenants).
+    fn events_after(
+        &self,
+        position: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>>;
+
+    /// Empties the read models and folds every event back in, in store order, in one transaction
+    /// (readers see the old read models until it commits): `ferry projections rebuild`. Calls
+    /// `progress` with the number of events replayed so far; returns the total.
+    fn rebuild_projections<'a>(
+        &'a self,
+        progress: &'a (dyn Fn(u64) + Send + Sync),
+    ) -> BoxFuture<'a, Result<u64, StoreError>>;
 }
 
 /// A shared handle to whichever store the configuration chose.

@@ -173,6 +173,18 @@ pub(crate) struct PlannedEvent<'a> {
     pub(crate) version: i64,
 }
 
+impl<'a> PlannedEvent<'a> {
+    /// The event as the projections see it.
+    pub(crate) fn view(&self) -> crate::projections::EventView<'a> {
+        crate::projections::EventView {
+            tenant: self.hospital_id,
+            event_type: &self.event.event_type,
+            payload: &self.event.payload,
+            metadata: &self.event.metadata,
+        }
+    }
+}
+
 /// Assigns consecutive versions to the events of the stored writes, in batch order, starting
 /// from each stream's `current` version (absent = 0). The expected version of a write's first
 /// event on a stream is checked against the version as it stands at that point of the batch.

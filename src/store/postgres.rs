@@ -31,12 +31,17 @@ use sqlx::{PgConnection, Postgres, Row};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::fhir::{HistoryQuery, SearchPage, SearchQuery, StoredResource};
 use super::plan::{self, PlannedEvent};
+use super::postgres_fhir;
 use super::rows::{self, StoreRow};
 use super::{
     Backend, ConnectOptions, EventStore, IdempotencyKey, IdempotencyRecord, InboundRecord,
     IngestOutcome, IngestWrite, RecordedEvent, StoreCounts, StoreError,
 };
+use crate::projections::EventView;
+use crate::projections::ResourceType;
+use sqlx::Connection;
 
 /// The migrations of `migrations/postgres`, embedded in the binary (see [`plan::migrator`]).
 const MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -49,6 +54,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "batch_guard",
         include_str!("../../migrations/postgres/0002_batch_guard.sql"),
+    ),
+    (
+        3,
+        "projections",
+        include_str!("../../migrations/postgres/0003_projections.sql"),
     ),
 ];
 
@@ -97,8 +107,8 @@ const INSERT_BATCH: &str = "WITH inbound AS ( \
        RETURNING 1 \
      ), appended AS ( \
        INSERT INTO events (hospital_id, stream_id, stream_version, event_type, schema_version, \
-         payload, metadata) \
-       SELECT h, s, v, t, sv, p::jsonb, m::jsonb \
+         payload, metadata, recorded_at) \
+       SELECT h, s, v, t, sv, p::jsonb, m::jsonb, $31::timestamptz \
        FROM UNNEST($23::text[], $24::text[], $25::int8[], $26::text[], $27::int4[], $28::text[], \
          $29::text[]) WITH ORDINALITY AS e (h, s, v, t, sv, p, m, n) \
        ORDER BY n \
@@ -244,18 +254,47 @@ async fn write_batch(
         // All duplicates: nothing to write.
         return Ok(outcomes);
     }
+    let at = super::commit_time();
     let query = bind_batch(sqlx::query(INSERT_BATCH), &stored, &records, &events)?
-        .bind(records.len() as i64);
-    // fetch_one reads the response up to ReadyForQuery, i.e. past the commit of this statement's
-    // implicit transaction: Ok here means durable.
-    match query.fetch_one(&mut *tx).await {
-        Ok(_) => Ok(outcomes),
-        Err(err) if is_idempotency_race(&err) => Err(StoreError::IdempotencyRace.into()),
-        Err(err) if is_event_conflict(&err) => {
-            Err(BatchError::ConcurrentAppend(err, first_per_stream(&events)))
+        .bind(records.len() as i64)
+        .bind(at);
+    let classify = |err: sqlx::Error| -> BatchError {
+        if is_idempotency_race(&err) {
+            StoreError::IdempotencyRace.into()
+        } else if is_event_conflict(&err) {
+            BatchError::ConcurrentAppend(err, first_per_stream(&events))
+        } else if postgres_fhir::is_contention(&err) {
+            StoreError::Contention.into()
+        } else {
+            err.into()
         }
-        Err(err) => Err(err.into()),
+    };
+    if events.is_empty() {
+        // fetch_one reads the response up to ReadyForQuery, i.e. past the commit of this
+        // statement's implicit transaction: Ok here means durable.
+        return match query.fetch_one(&mut *tx).await {
+            Ok(_) => Ok(outcomes),
+            Err(err) => Err(classify(err)),
+        };
     }
+    // Events also update the read models: one transaction that first locks the resources they
+    // touch (so instances fold events into one resource one at a time, in commit order), then
+    // inserts the batch and writes the resources.
+    let mut transaction = tx.begin().await?;
+    let views: Vec<EventView<'_>> = events.iter().map(PlannedEvent::view).collect();
+    if let Err(e) = postgres_fhir::project(&mut transaction, &views, at).await {
+        let _ = transaction.rollback().await;
+        return Err(match e {
+            StoreError::Database(err) => classify(err),
+            other => other.into(),
+        });
+    }
+    if let Err(err) = query.fetch_one(&mut *transaction).await {
+        let _ = transaction.rollback().await;
+        return Err(classify(err));
+    }
+    transaction.commit().await.map_err(classify)?;
+    Ok(outcomes)
 }
 
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
@@ -543,6 +582,96 @@ impl EventStore for PostgresStore {
         }
         .boxed()
     }
+
+    fn fhir_read<'a>(
+        &'a self,
+        tenant: &'a str,
+        resource_type: ResourceType,
+        id: &'a str,
+        version: Option<i64>,
+    ) -> BoxFuture<'a, Result<Option<StoredResource>, StoreError>> {
+        postgres_fhir::read(&self.pool, tenant, resource_type, id, version).boxed()
+    }
+
+    fn fhir_search<'a>(
+        &'a self,
+        tenant: &'a str,
+        query: &'a SearchQuery,
+    ) -> BoxFuture<'a, Result<SearchPage, StoreError>> {
+        postgres_fhir::search(&self.pool, tenant, query).boxed()
+    }
+
+    fn fhir_history<'a>(
+        &'a self,
+        tenant: &'a str,
+        query: &'a HistoryQuery,
+    ) -> BoxFuture<'a, Result<SearchPage, StoreError>> {
+        postgres_fhir::history(&self.pool, tenant, query).boxed()
+    }
+
+    fn events_after(
+        &self,
+        position: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
+        async move {
+            let mut conn = self.pool.acquire().await?;
+            events_after(&mut conn, position, limit).await
+        }
+        .boxed()
+    }
+
+    fn rebuild_projections<'a>(
+        &'a self,
+        progress: &'a (dyn Fn(u64) + Send + Sync),
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let mut conn = self.pool.acquire().await?;
+            let mut tx = conn.begin().await?;
+            // Writers wait until the rebuild commits: their events are then folded into the new
+            // read models, not lost between the replay and the swap.
+            sqlx::query("LOCK TABLE fhir_resources IN EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+            postgres_fhir::clear(&mut tx).await?;
+            let mut position = 0;
+            let mut replayed = 0_u64;
+            loop {
+                let events = events_after(&mut tx, position, REBUILD_BATCH).await?;
+                let Some(last) = events.last() else { break };
+                position = last.global_position;
+                for chunk in events.chunk_by(|a, b| a.recorded_at == b.recorded_at) {
+                    let views: Vec<EventView<'_>> = chunk.iter().map(RecordedEvent::view).collect();
+                    postgres_fhir::project(&mut tx, &views, chunk[0].recorded_at).await?;
+                }
+                replayed += events.len() as u64;
+                progress(replayed);
+            }
+            tx.commit().await?;
+            Ok(replayed)
+        }
+        .boxed()
+    }
+}
+
+/// Events read per round trip while rebuilding the projections.
+const REBUILD_BATCH: i64 = 1_000;
+
+async fn events_after(
+    conn: &mut PgConnection,
+    position: i64,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT global_position, hospital_id, stream_id, stream_version, event_type, \
+         schema_version, payload::text AS payload, metadata::text AS metadata, recorded_at \
+         FROM events WHERE global_position > $1 ORDER BY global_position LIMIT $2",
+    )
+    .bind(position)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(rows::event).collect()
 }
 
 impl StoreRow for PgRow {

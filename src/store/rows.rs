@@ -8,6 +8,9 @@
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::fhir::StoredResource;
+use crate::projections::{Loaded, ResourceKey, ResourceType};
+
 use super::{
     IdempotencyKey, IdempotencyRecord, InboundRecord, InboundStatus, RecordedEvent, StoreError,
 };
@@ -87,5 +90,35 @@ pub(super) fn event(row: &impl StoreRow) -> Result<RecordedEvent, StoreError> {
         payload: json(row, "payload", "events.payload")?,
         metadata: json(row, "metadata", "events.metadata")?,
         recorded_at: row.time("recorded_at", "events.recorded_at")?,
+    })
+}
+
+fn resource_type(row: &impl StoreRow, name: &str) -> Result<ResourceType, StoreError> {
+    let text = row.text("resource_type", name)?;
+    ResourceType::parse(&text)
+        .ok_or_else(|| StoreError::Corrupt(format!("{name}: unknown resource type {text:?}")))
+}
+
+/// `resource_type, id, version_id, last_updated, body` of `fhir_resources` or `fhir_history`.
+pub(super) fn stored_resource(row: &impl StoreRow) -> Result<StoredResource, StoreError> {
+    Ok(StoredResource {
+        resource_type: resource_type(row, "fhir_resources.resource_type")?,
+        id: row.text("id", "fhir_resources.id")?,
+        version: row.integer("version_id", "fhir_resources.version_id")?,
+        last_updated: row.time("last_updated", "fhir_resources.last_updated")?,
+        body: row.text("body", "fhir_resources.body")?,
+    })
+}
+
+/// `hospital_id, resource_type, id, version_id, state` of `fhir_resources`, for the projector.
+pub(super) fn loaded(row: &impl StoreRow) -> Result<Loaded, StoreError> {
+    Ok(Loaded {
+        key: ResourceKey {
+            tenant: row.text("hospital_id", "fhir_resources.hospital_id")?,
+            resource_type: resource_type(row, "fhir_resources.resource_type")?,
+            id: row.text("id", "fhir_resources.id")?,
+        },
+        version: row.integer("version_id", "fhir_resources.version_id")?,
+        state: row.text("state", "fhir_resources.state")?,
     })
 }

@@ -34,22 +34,33 @@ use time::format_description::well_known::Rfc3339;
 use time::macros::format_description;
 use uuid::Uuid;
 
+use super::fhir::{HistoryQuery, SearchPage, SearchQuery, StoredResource};
 use super::plan::{self, PlannedEvent};
 use super::rows::{self, StoreRow};
+use super::sqlite_fhir;
 use super::{
     Backend, ConnectOptions, EventStore, ExpectedVersion, IdempotencyKey, IdempotencyRecord,
     InboundRecord, IngestOutcome, IngestWrite, RecordedEvent, StoreCounts, StoreError,
 };
+use crate::projections::EventView;
+use crate::projections::ResourceType;
 
 /// SQLite's default upper bound on bind parameters per statement (SQLITE_MAX_VARIABLE_NUMBER).
 const MAX_BIND_PARAMS: usize = 32_766;
 
 /// The migrations of `migrations/sqlite`, embedded in the binary (see [`plan::migrator`]).
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "initial",
-    include_str!("../../migrations/sqlite/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "initial",
+        include_str!("../../migrations/sqlite/0001_initial.sql"),
+    ),
+    (
+        2,
+        "projections",
+        include_str!("../../migrations/sqlite/0002_projections.sql"),
+    ),
+];
 
 /// How long a connection waits for a lock held by another process before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -225,7 +236,10 @@ impl SqliteStore {
         batch: &[IngestWrite],
     ) -> Result<Option<Vec<IngestOutcome>>, StoreError> {
         let event_count: usize = batch.iter().map(|w| w.events.len()).sum();
-        if batch.len() > rows_per_statement(INBOUND_COLUMN_COUNT)
+        // Events also update the read models, which needs their current rows read first: the
+        // general path.
+        if event_count > 0
+            || batch.len() > rows_per_statement(INBOUND_COLUMN_COUNT)
             || event_count > rows_per_statement(FAST_EVENT_COLUMN_COUNT)
             || batch
                 .iter()
@@ -337,8 +351,11 @@ async fn write_batch(
         .iter()
         .filter_map(|w| w.idempotency.as_ref())
         .collect();
-    let now = format_timestamp(OffsetDateTime::now_utc(), "recorded_at")?;
+    let at = super::commit_time();
+    let now = format_timestamp(at, "recorded_at")?;
     insert_rows(tx, &stored, &records, &events, &now).await?;
+    let views: Vec<EventView<'_>> = events.iter().map(PlannedEvent::view).collect();
+    super::sqlite_fhir::project(tx, &views, at).await?;
     Ok(outcomes)
 }
 
@@ -368,12 +385,17 @@ fn fast_event_insert(rows: usize) -> String {
 }
 
 /// Rows per statement so that `columns * rows` stays within the bind-parameter limit.
-fn rows_per_statement(columns: usize) -> usize {
+pub(super) fn rows_per_statement(columns: usize) -> usize {
     (MAX_BIND_PARAMS / columns).max(1)
 }
 
 /// `INSERT INTO table (columns) VALUES (?, …), (?, …)` for `rows` rows.
-fn multi_row_insert(table: &str, columns: &str, column_count: usize, rows: usize) -> String {
+pub(super) fn multi_row_insert(
+    table: &str,
+    columns: &str,
+    column_count: usize,
+    rows: usize,
+) -> String {
     let mut sql = format!("INSERT INTO {table} ({columns}) VALUES ");
     sql.reserve(rows * (column_count * 2 + 4));
     for r in 0..rows {
@@ -634,7 +656,7 @@ fn json_text(value: &serde_json::Value, column: &str) -> Result<String, StoreErr
     serde_json::to_string(value).map_err(|e| StoreError::Corrupt(format!("events.{column}: {e}")))
 }
 
-fn format_timestamp(at: OffsetDateTime, column: &str) -> Result<String, StoreError> {
+pub(super) fn format_timestamp(at: OffsetDateTime, column: &str) -> Result<String, StoreError> {
     at.to_offset(time::UtcOffset::UTC)
         .format(TIMESTAMP_FORMAT)
         .map_err(|e| StoreError::Corrupt(format!("{column}: cannot format {at}: {e}")))
@@ -647,7 +669,7 @@ fn parse_timestamp(text: &str, column: &str) -> Result<OffsetDateTime, StoreErro
 }
 
 /// A column by position or name; a value of the wrong type is a corrupt row, not a panic.
-fn get<'r, T, I>(row: &'r SqliteRow, index: I, column: &str) -> Result<T, StoreError>
+pub(super) fn get<'r, T, I>(row: &'r SqliteRow, index: I, column: &str) -> Result<T, StoreError>
 where
     T: sqlx::Decode<'r, Sqlite> + sqlx::Type<Sqlite>,
     I: sqlx::ColumnIndex<SqliteRow>,
@@ -787,6 +809,91 @@ impl EventStore for SqliteStore {
         }
         .boxed()
     }
+
+    fn fhir_read<'a>(
+        &'a self,
+        tenant: &'a str,
+        resource_type: ResourceType,
+        id: &'a str,
+        version: Option<i64>,
+    ) -> BoxFuture<'a, Result<Option<StoredResource>, StoreError>> {
+        sqlite_fhir::read(&self.reader, tenant, resource_type, id, version).boxed()
+    }
+
+    fn fhir_search<'a>(
+        &'a self,
+        tenant: &'a str,
+        query: &'a SearchQuery,
+    ) -> BoxFuture<'a, Result<SearchPage, StoreError>> {
+        sqlite_fhir::search(&self.reader, tenant, query).boxed()
+    }
+
+    fn fhir_history<'a>(
+        &'a self,
+        tenant: &'a str,
+        query: &'a HistoryQuery,
+    ) -> BoxFuture<'a, Result<SearchPage, StoreError>> {
+        sqlite_fhir::history(&self.reader, tenant, query).boxed()
+    }
+
+    fn events_after(
+        &self,
+        position: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
+        async move { events_after(&self.reader, position, limit).await }.boxed()
+    }
+
+    fn rebuild_projections<'a>(
+        &'a self,
+        progress: &'a (dyn Fn(u64) + Send + Sync),
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let mut writer = self.writer().await?;
+            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+            sqlite_fhir::clear(&mut tx).await?;
+            let mut position = 0;
+            let mut replayed = 0_u64;
+            loop {
+                let events = events_after(&mut *tx, position, REBUILD_BATCH).await?;
+                let Some(last) = events.last() else { break };
+                position = last.global_position;
+                // Each event is folded in at the time it was recorded, as it was when written.
+                for chunk in events.chunk_by(|a, b| a.recorded_at == b.recorded_at) {
+                    let views: Vec<EventView<'_>> = chunk.iter().map(RecordedEvent::view).collect();
+                    sqlite_fhir::project(&mut tx, &views, chunk[0].recorded_at).await?;
+                }
+                replayed += events.len() as u64;
+                progress(replayed);
+            }
+            tx.commit().await?;
+            Ok(replayed)
+        }
+        .boxed()
+    }
+}
+
+/// Events read per round trip while rebuilding the projections.
+const REBUILD_BATCH: i64 = 1_000;
+
+async fn events_after<'e, E>(
+    executor: E,
+    position: i64,
+    limit: i64,
+) -> Result<Vec<RecordedEvent>, StoreError>
+where
+    E: sqlx::Executor<'e, Database = Sqlite>,
+{
+    let rows = sqlx::query(
+        "SELECT global_position, hospital_id, stream_id, stream_version, event_type, \
+         schema_version, payload, metadata, recorded_at FROM events \
+         WHERE global_position > ? ORDER BY global_position LIMIT ?",
+    )
+    .bind(position)
+    .bind(limit)
+    .fetch_all(executor)
+    .await?;
+    rows.iter().map(rows::event).collect()
 }
 
 impl StoreRow for SqliteRow {

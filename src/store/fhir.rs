@@ -1,0 +1,389 @@
+//! The read side of the FHIR projections in the store contract: resources as stored, searches, and
+//! the SQL both backends build searches with.
+//!
+//! A search is a list of filters ANDed together; each filter is a list of conditions ORed together
+//! (FHIR: repeated parameters AND, comma-separated values OR). Every filter on an indexed parameter
+//! becomes `r.id IN (SELECT id FROM fhir_search WHERE … param = ? AND (…))`, which the indexes on
+//! `fhir_search` answer without touching the resources.
+
+use time::OffsetDateTime;
+
+use crate::projections::ResourceType;
+use crate::store::Backend;
+
+/// A resource version as stored: the FHIR JSON served, with its version and time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResource {
+    pub resource_type: ResourceType,
+    pub id: String,
+    pub version: i64,
+    pub last_updated: OffsetDateTime,
+    pub body: String,
+}
+
+/// FHIR search prefixes for dates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Comparator {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+/// One condition on an indexed parameter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Condition {
+    /// `[system]|[code]`: `system` None means any system; Some("") means no system.
+    Token {
+        system: Option<String>,
+        value: Option<String>,
+    },
+    /// A normalised string the value starts with (FHIR's default string match).
+    Prefix(String),
+    /// A normalised string the value equals (`:exact`, compared after normalisation).
+    Exact(String),
+    /// A normalised string the value contains (`:contains`).
+    Contains(String),
+    /// A date range (index text) and how the resource's range must relate to it.
+    Date {
+        comparator: Comparator,
+        low: String,
+        high: String,
+    },
+}
+
+/// One parameter's filter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    /// `_id`: any of these ids.
+    Id(Vec<String>),
+    /// `_lastUpdated`: any of these ranges.
+    LastUpdated(Vec<(Comparator, String, String)>),
+    /// An indexed parameter (`identifier`, `family`, `patient`, `birthdate`, …): any condition.
+    Index {
+        param: &'static str,
+        any: Vec<Condition>,
+    },
+}
+
+/// A type-level search.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchQuery {
+    pub resource_type: ResourceType,
+    pub filters: Vec<Filter>,
+    /// Page size; 0 asks for the total only (`_summary=count`).
+    pub count: usize,
+    pub offset: usize,
+}
+
+/// One page of a search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchPage {
+    pub total: i64,
+    pub resources: Vec<StoredResource>,
+}
+
+/// Which versions a `_history` interaction lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryQuery {
+    pub resource_type: ResourceType,
+    /// Instance history when set, type history otherwise.
+    pub id: Option<String>,
+    /// `_since`: only versions written at or after this instant (index text).
+    pub since: Option<String>,
+    pub count: usize,
+    pub offset: usize,
+}
+
+/// A value bound into generated SQL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// SQL text with its binds, placeholders numbered for the backend (`?` or `$n`).
+pub struct Sql {
+    backend: Backend,
+    pub text: String,
+    pub binds: Vec<Bind>,
+}
+
+impl Sql {
+    pub fn new(backend: Backend) -> Self {
+        Self {
+            backend,
+            text: String::new(),
+            binds: Vec::new(),
+        }
+    }
+
+    pub fn push(&mut self, s: &str) -> &mut Self {
+        self.text.push_str(s);
+        self
+    }
+
+    /// Appends a placeholder bound to `value`.
+    pub fn bind(&mut self, value: Bind) -> &mut Self {
+        self.binds.push(value);
+        match self.backend {
+            Backend::Sqlite => self.text.push('?'),
+            Backend::Postgres => {
+                self.text.push('$');
+                self.text.push_str(&self.binds.len().to_string());
+            }
+        }
+        self
+    }
+
+    pub fn text(&mut self, value: &str) -> &mut Self {
+        self.bind(Bind::Text(value.to_owned()))
+    }
+
+    /// A placeholder for an instant in index text, typed for the backend's `last_updated` column.
+    fn instant(&mut self, value: &str) -> &mut Self {
+        self.text(value);
+        if self.backend == Backend::Postgres {
+            self.text.push_str("::timestamptz");
+        }
+        self
+    }
+}
+
+/// The largest character: `prefix || MAX` bounds every string that starts with `prefix`.
+const MAX_CHAR: char = '\u{10FFFF}';
+
+/// `WHERE …` of a search over `fhir_resources AS r` (without the keyword).
+fn where_clause(sql: &mut Sql, tenant: &str, query: &SearchQuery) {
+    sql.push("r.hospital_id = ")
+        .text(tenant)
+        .push(" AND r.resource_type = ")
+        .text(query.resource_type.as_str());
+    for filter in &query.filters {
+        sql.push(" AND ");
+        match filter {
+            Filter::Id(ids) => {
+                sql.push("r.id IN (");
+                for (n, id) in ids.iter().enumerate() {
+                    if n > 0 {
+                        sql.push(", ");
+                    }
+                    sql.text(id);
+                }
+                sql.push(")");
+            }
+            Filter::LastUpdated(ranges) => {
+                sql.push("(");
+                for (n, (comparator, low, high)) in ranges.iter().enumerate() {
+                    if n > 0 {
+                        sql.push(" OR ");
+                    }
+                    instant_condition(sql, *comparator, low, high);
+                }
+                sql.push(")");
+            }
+            Filter::Index { param, any } => {
+                sql.push("r.id IN (SELECT s.id FROM fhir_search AS s WHERE s.hospital_id = ")
+                    .text(tenant)
+                    .push(" AND s.resource_type = ")
+                    .text(query.resource_type.as_str())
+                    .push(" AND s.param = ")
+                    .text(param)
+                    .push(" AND (");
+                for (n, condition) in any.iter().enumerate() {
+                    if n > 0 {
+                        sql.push(" OR ");
+                    }
+                    index_condition(sql, condition);
+                }
+                sql.push("))");
+            }
+        }
+    }
+}
+
+fn index_condition(sql: &mut Sql, condition: &Condition) {
+    match condition {
+        Condition::Token { system, value } => {
+            sql.push("(1 = 1");
+            if let Some(system) = system {
+                sql.push(" AND s.system = ").text(system);
+            }
+            if let Some(value) = value {
+                sql.push(" AND s.value = ").text(value);
+            }
+            sql.push(")");
+        }
+        Condition::Prefix(prefix) => {
+            let mut upper = prefix.clone();
+            upper.push(MAX_CHAR);
+            sql.push("(s.value >= ")
+                .text(prefix)
+                .push(" AND s.value < ")
+                .text(&upper)
+                .push(")");
+        }
+        Condition::Exact(value) => {
+            sql.push("s.value = ").text(value);
+        }
+        Condition::Contains(part) => {
+            let escaped = part
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            sql.push("s.value LIKE ")
+                .text(&format!("%{escaped}%"))
+                .push(" ESCAPE '\\'");
+        }
+        Condition::Date {
+            comparator,
+            low,
+            high,
+        } => {
+            sql.push("(");
+            range_condition(sql, "s.low", "s.high", *comparator, low, high, false);
+            sql.push(")");
+        }
+    }
+}
+
+fn instant_condition(sql: &mut Sql, comparator: Comparator, low: &str, high: &str) {
+    sql.push("(");
+    range_condition(
+        sql,
+        "r.last_updated",
+        "r.last_updated",
+        comparator,
+        low,
+        high,
+        true,
+    );
+    sql.push(")");
+}
+
+/// How a resource's range [lo, hi] relates to the searched range [low, high] (FHIR search's date
+/// prefixes, with `ap` read as "overlaps").
+fn range_condition(
+    sql: &mut Sql,
+    lo: &str,
+    hi: &str,
+    comparator: Comparator,
+    low: &str,
+    high: &str,
+    instant: bool,
+) {
+    let value = |sql: &mut Sql, v: &str| {
+        if instant {
+            sql.instant(v);
+        } else {
+            sql.text(v);
+        }
+    };
+    match comparator {
+        Comparator::Eq | Comparator::Ne => {
+            if comparator == Comparator::Ne {
+                sql.push("NOT ");
+            }
+            sql.push("(").push(lo).push(" >= ");
+            value(sql, low);
+            sql.push(" AND ").push(hi).push(" <= ");
+            value(sql, high);
+            sql.push(")");
+        }
+        Comparator::Gt => {
+            sql.push(hi).push(" > ");
+            value(sql, high);
+        }
+        Comparator::Lt => {
+            sql.push(lo).push(" < ");
+            value(sql, low);
+        }
+        Comparator::Ge => {
+            sql.push(hi).push(" >= ");
+            value(sql, low);
+        }
+        Comparator::Le => {
+            sql.push(lo).push(" <= ");
+            value(sql, high);
+        }
+        Comparator::Sa => {
+            sql.push(lo).push(" > ");
+            value(sql, high);
+        }
+        Comparator::Eb => {
+            sql.push(hi).push(" < ");
+            value(sql, low);
+        }
+        Comparator::Ap => {
+            sql.push(lo).push(" <= ");
+            value(sql, high);
+            sql.push(" AND ").push(hi).push(" >= ");
+            value(sql, low);
+        }
+    }
+}
+
+/// `SELECT count(*) …` of a search.
+pub fn count_sql(backend: Backend, tenant: &str, query: &SearchQuery) -> Sql {
+    let mut sql = Sql::new(backend);
+    sql.push("SELECT count(*) FROM fhir_resources AS r WHERE ");
+    where_clause(&mut sql, tenant, query);
+    sql
+}
+
+/// `SELECT resource_type, id, version_id, last_updated, body …` of one page of a search, in id
+/// order (stable across pages).
+pub fn page_sql(backend: Backend, tenant: &str, query: &SearchQuery) -> Sql {
+    let mut sql = Sql::new(backend);
+    sql.push(
+        "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.body \
+         FROM fhir_resources AS r WHERE ",
+    );
+    where_clause(&mut sql, tenant, query);
+    sql.push(" ORDER BY r.id LIMIT ")
+        .bind(Bind::Int(query.count as i64))
+        .push(" OFFSET ")
+        .bind(Bind::Int(query.offset as i64));
+    sql
+}
+
+/// `WHERE …` of a history query over `fhir_history AS h`.
+fn history_where(sql: &mut Sql, tenant: &str, query: &HistoryQuery) {
+    sql.push("h.hospital_id = ")
+        .text(tenant)
+        .push(" AND h.resource_type = ")
+        .text(query.resource_type.as_str());
+    if let Some(id) = &query.id {
+        sql.push(" AND h.id = ").text(id);
+    }
+    if let Some(since) = &query.since {
+        sql.push(" AND h.last_updated >= ").instant(since);
+    }
+}
+
+pub fn history_count_sql(backend: Backend, tenant: &str, query: &HistoryQuery) -> Sql {
+    let mut sql = Sql::new(backend);
+    sql.push("SELECT count(*) FROM fhir_history AS h WHERE ");
+    history_where(&mut sql, tenant, query);
+    sql
+}
+
+/// Newest first, as FHIR's `_history` requires.
+pub fn history_page_sql(backend: Backend, tenant: &str, query: &HistoryQuery) -> Sql {
+    let mut sql = Sql::new(backend);
+    sql.push(
+        "SELECT h.resource_type, h.id, h.version_id, h.last_updated, h.body \
+         FROM fhir_history AS h WHERE ",
+    );
+    history_where(&mut sql, tenant, query);
+    sql.push(" ORDER BY h.last_updated DESC, h.id, h.version_id DESC LIMIT ")
+        .bind(Bind::Int(query.count as i64))
+        .push(" OFFSET ")
+        .bind(Bind::Int(query.offset as i64));
+    sql
+}

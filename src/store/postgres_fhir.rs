@@ -1,0 +1,339 @@
+//! PostgreSQL side of the FHIR projections: loading (and locking) the resources a batch touches,
+//! writing what the projector made of them inside the batch's transaction, and the reads behind the
+//! FHIR API.
+//!
+//! Several instances may project at once. The resources a batch reads are locked (`FOR UPDATE`,
+//! in key order so two batches cannot deadlock over them), so one resource is updated by one batch
+//! at a time, each reading the other's result. A resource that does not exist yet cannot be locked:
+//! if two batches create it at once, the second one's upsert finds a version it did not expect,
+//! writes nothing, and the batch fails with [`StoreError::Contention`] to be retried.
+
+use std::collections::HashSet;
+
+use sqlx::postgres::PgRow;
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};
+use time::OffsetDateTime;
+
+use super::fhir::{self, Bind, HistoryQuery, SearchPage, SearchQuery, Sql, StoredResource};
+use super::rows;
+use super::{Backend, StoreError};
+use crate::projections::{self, EventView, Loaded, Output, Projector, ResourceKey, ResourceType};
+
+type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+/// SQLSTATEs that mean "another transaction got in the way": deadlock detected, serialization
+/// failure, and a unique violation on the read-model tables.
+pub(super) fn is_contention(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db)
+        if matches!(db.code().as_deref(), Some("40P01" | "40001"))
+            || (db.is_unique_violation()
+                && db.constraint().is_some_and(|c| c.starts_with("fhir_"))))
+}
+
+/// Folds `events` into the read models, inside the caller's transaction.
+pub(super) async fn project(
+    conn: &mut PgConnection,
+    events: &[EventView<'_>],
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let plan = projections::plan(events.iter().copied());
+    let mut keys = plan.keys.clone();
+    keys.sort();
+    let mut loaded = load_keys(conn, &keys).await?;
+    for (tenant, patient) in &plan.patients {
+        loaded.extend(load_patient(conn, tenant, patient).await?);
+    }
+    let mut seen = HashSet::new();
+    loaded.retain(|l| seen.insert(l.key.clone()));
+    let mut projector = Projector::new(now, loaded)?;
+    for event in events {
+        projector.apply(event)?;
+    }
+    write(conn, &projector.finish()?).await
+}
+
+const LOAD_KEYS: &str = "SELECT r.hospital_id, r.resource_type, r.id, r.version_id, r.state \
+     FROM UNNEST($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k (h, t, i, n) \
+     JOIN fhir_resources AS r ON r.hospital_id = k.h AND r.resource_type = k.t AND r.id = k.i \
+     ORDER BY k.n FOR UPDATE OF r";
+
+async fn load_keys(
+    conn: &mut PgConnection,
+    keys: &[ResourceKey],
+) -> Result<Vec<Loaded>, StoreError> {
+    if keys.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(LOAD_KEYS)
+        .bind(keys.iter().map(|k| k.tenant.clone()).collect::<Vec<_>>())
+        .bind(
+            keys.iter()
+                .map(|k| k.resource_type.as_str().to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .bind(keys.iter().map(|k| k.id.clone()).collect::<Vec<_>>())
+        .fetch_all(&mut *conn)
+        .await?;
+    rows.iter().map(rows::loaded).collect()
+}
+
+async fn load_patient(
+    conn: &mut PgConnection,
+    tenant: &str,
+    patient: &str,
+) -> Result<Vec<Loaded>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT hospital_id, resource_type, id, version_id, state FROM fhir_resources \
+         WHERE hospital_id = $1 AND patient_id = $2 ORDER BY resource_type, id FOR UPDATE",
+    )
+    .bind(tenant)
+    .bind(patient)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(rows::loaded).collect()
+}
+
+/// Updates the resources the batch read (locked, so at the version read) and inserts the ones it
+/// created; returns how many rows it wrote. A resource another instance created meanwhile fails the
+/// insert with a unique violation (contention).
+const UPSERT_RESOURCES: &str = "WITH x AS ( \
+       SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[], \
+         $6::text[], $7::text[], $8::text[], $9::int8[]) AS x (h, t, i, v, u, p, s, b, before) \
+     ), updated AS ( \
+       UPDATE fhir_resources AS r SET version_id = x.v, last_updated = x.u, patient_id = x.p, \
+         state = x.s, body = x.b \
+       FROM x WHERE x.before > 0 AND r.hospital_id = x.h AND r.resource_type = x.t \
+         AND r.id = x.i AND r.version_id = x.before \
+       RETURNING 1 \
+     ), inserted AS ( \
+       INSERT INTO fhir_resources (hospital_id, resource_type, id, version_id, last_updated, \
+         patient_id, state, body) \
+       SELECT h, t, i, v, u, p, s, b FROM x WHERE x.before = 0 \
+       RETURNING 1 \
+     ) \
+     SELECT (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted)";
+
+async fn write(conn: &mut PgConnection, output: &Output) -> Result<(), StoreError> {
+    if output.current.is_empty() {
+        return Ok(());
+    }
+    let c = &output.current;
+    let col = |f: &dyn Fn(&projections::CurrentRow) -> String| c.iter().map(f).collect::<Vec<_>>();
+    // Each row's version before this batch: the number of history rows it wrote for it.
+    let before: Vec<i64> = c
+        .iter()
+        .map(|row| row.version - output.history.iter().filter(|h| h.key == row.key).count() as i64)
+        .collect();
+    let written = sqlx::query(UPSERT_RESOURCES)
+        .bind(col(&|r| r.key.tenant.clone()))
+        .bind(col(&|r| r.key.resource_type.as_str().to_owned()))
+        .bind(col(&|r| r.key.id.clone()))
+        .bind(c.iter().map(|r| r.version).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.last_updated).collect::<Vec<_>>())
+        .bind(c.iter().map(|r| r.patient.clone()).collect::<Vec<_>>())
+        .bind(col(&|r| r.state.clone()))
+        .bind(col(&|r| r.body.clone()))
+        .bind(before)
+        .fetch_one(&mut *conn)
+        .await?;
+    if count(&written, "fhir_resources")? != c.len() as i64 {
+        return Err(StoreError::Contention);
+    }
+    sqlx::query(
+        "DELETE FROM fhir_search AS s USING UNNEST($1::text[], $2::text[], $3::text[]) AS k (h, t, i) \
+         WHERE s.hospital_id = k.h AND s.resource_type = k.t AND s.id = k.i",
+    )
+    .bind(col(&|r| r.key.tenant.clone()))
+    .bind(col(&|r| r.key.resource_type.as_str().to_owned()))
+    .bind(col(&|r| r.key.id.clone()))
+    .execute(&mut *conn)
+    .await?;
+    let h = &output.history;
+    sqlx::query(
+        "INSERT INTO fhir_history (hospital_id, resource_type, id, version_id, last_updated, body) \
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[], \
+           $6::text[])",
+    )
+    .bind(h.iter().map(|r| r.key.tenant.clone()).collect::<Vec<_>>())
+    .bind(
+        h.iter()
+            .map(|r| r.key.resource_type.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .bind(h.iter().map(|r| r.key.id.clone()).collect::<Vec<_>>())
+    .bind(h.iter().map(|r| r.version).collect::<Vec<_>>())
+    .bind(h.iter().map(|r| r.last_updated).collect::<Vec<_>>())
+    .bind(h.iter().map(|r| r.body.clone()).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await?;
+    let entries: Vec<(&ResourceKey, &projections::search::Entry)> = c
+        .iter()
+        .flat_map(|row| row.search.iter().map(move |e| (&row.key, e)))
+        .collect();
+    if !entries.is_empty() {
+        sqlx::query(
+            "INSERT INTO fhir_search (hospital_id, resource_type, id, param, system, value, low, \
+               high) \
+             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+               $6::text[], $7::text[], $8::text[])",
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|(k, _)| k.tenant.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|(k, _)| k.resource_type.as_str().to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|(k, _)| k.id.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|(_, e)| e.param.to_owned())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|(_, e)| e.system.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|(_, e)| e.value.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|(_, e)| e.low.clone())
+                .collect::<Vec<_>>(),
+        )
+        .bind(
+            entries
+                .iter()
+                .map(|(_, e)| e.high.clone())
+                .collect::<Vec<_>>(),
+        )
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Empties the read models (before a rebuild).
+pub(super) async fn clear(conn: &mut PgConnection) -> Result<(), StoreError> {
+    sqlx::query("TRUNCATE fhir_search, fhir_history, fhir_resources")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+fn bind_all(sql: Sql) -> PgQuery<'static> {
+    let mut query = sqlx::query(AssertSqlSafe(sql.text));
+    for b in sql.binds {
+        query = match b {
+            Bind::Text(t) => query.bind(t),
+            Bind::Int(i) => query.bind(i),
+        };
+    }
+    query
+}
+
+fn count(row: &PgRow, name: &str) -> Result<i64, StoreError> {
+    row.try_get(0)
+        .map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))
+}
+
+pub(super) async fn read(
+    pool: &PgPool,
+    tenant: &str,
+    resource_type: ResourceType,
+    id: &str,
+    version: Option<i64>,
+) -> Result<Option<StoredResource>, StoreError> {
+    let row = match version {
+        None => {
+            sqlx::query(
+                "SELECT resource_type, id, version_id, last_updated, body FROM fhir_resources \
+                 WHERE hospital_id = $1 AND resource_type = $2 AND id = $3",
+            )
+            .bind(tenant)
+            .bind(resource_type.as_str())
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+        }
+        Some(v) => {
+            sqlx::query(
+                "SELECT resource_type, id, version_id, last_updated, body FROM fhir_history \
+                 WHERE hospital_id = $1 AND resource_type = $2 AND id = $3 AND version_id = $4",
+            )
+            .bind(tenant)
+            .bind(resource_type.as_str())
+            .bind(id)
+            .bind(v)
+            .fetch_optional(pool)
+            .await?
+        }
+    };
+    row.as_ref().map(rows::stored_resource).transpose()
+}
+
+pub(super) async fn search(
+    pool: &PgPool,
+    tenant: &str,
+    query: &SearchQuery,
+) -> Result<SearchPage, StoreError> {
+    let total = count(
+        &bind_all(fhir::count_sql(Backend::Postgres, tenant, query))
+            .fetch_one(pool)
+            .await?,
+        "count(fhir_resources)",
+    )?;
+    let resources = if query.count == 0 || total == 0 {
+        Vec::new()
+    } else {
+        let rows = bind_all(fhir::page_sql(Backend::Postgres, tenant, query))
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(rows::stored_resource)
+            .collect::<Result<_, _>>()?
+    };
+    Ok(SearchPage { total, resources })
+}
+
+pub(super) async fn history(
+    pool: &PgPool,
+    tenant: &str,
+    query: &HistoryQuery,
+) -> Result<SearchPage, StoreError> {
+    let total = count(
+        &bind_all(fhir::history_count_sql(Backend::Postgres, tenant, query))
+            .fetch_one(pool)
+            .await?,
+        "count(fhir_history)",
+    )?;
+    let rows = bind_all(fhir::history_page_sql(Backend::Postgres, tenant, query))
+        .fetch_all(pool)
+        .await?;
+    let resources = rows
+        .iter()
+        .map(rows::stored_resource)
+        .collect::<Result<_, _>>()?;
+    Ok(SearchPage { total, resources })
+}

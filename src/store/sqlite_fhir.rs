@@ -1,0 +1,267 @@
+//! SQLite side of the FHIR projections: loading the resources a batch touches and writing what the
+//! projector made of them, inside the batch's transaction; and the reads behind the FHIR API.
+
+use std::collections::HashSet;
+
+use sqlx::sqlite::SqliteConnection;
+use sqlx::{AssertSqlSafe, Sqlite};
+use time::OffsetDateTime;
+
+use super::fhir::{self, Bind, HistoryQuery, SearchPage, SearchQuery, Sql, StoredResource};
+use super::rows;
+use super::sqlite::{format_timestamp, get, multi_row_insert, rows_per_statement};
+use super::{Backend, StoreError};
+use crate::projections::{self, EventView, Loaded, Output, Projector, ResourceKey, ResourceType};
+
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// Folds `events` into the read models, inside the caller's transaction.
+pub(super) async fn project(
+    conn: &mut SqliteConnection,
+    events: &[EventView<'_>],
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let plan = projections::plan(events.iter().copied());
+    let mut loaded = load_keys(conn, &plan.keys).await?;
+    for (tenant, patient) in &plan.patients {
+        loaded.extend(load_patient(conn, tenant, patient).await?);
+    }
+    let mut seen = HashSet::new();
+    loaded.retain(|l| seen.insert(l.key.clone()));
+    let mut projector = Projector::new(now, loaded)?;
+    for event in events {
+        projector.apply(event)?;
+    }
+    write(conn, &projector.finish()?).await
+}
+
+async fn load_keys(
+    conn: &mut SqliteConnection,
+    keys: &[ResourceKey],
+) -> Result<Vec<Loaded>, StoreError> {
+    let mut found = Vec::new();
+    for chunk in keys.chunks(rows_per_statement(3)) {
+        let mut sql = String::from(
+            "SELECT r.hospital_id, r.resource_type, r.id, r.version_id, r.state FROM (VALUES ",
+        );
+        for n in 0..chunk.len() {
+            sql.push_str(if n == 0 { "(?,?,?)" } else { ",(?,?,?)" });
+        }
+        sql.push_str(
+            ") AS k CROSS JOIN fhir_resources AS r ON r.hospital_id = k.column1 \
+             AND r.resource_type = k.column2 AND r.id = k.column3",
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for key in chunk {
+            query = query
+                .bind(key.tenant.as_str())
+                .bind(key.resource_type.as_str())
+                .bind(key.id.as_str());
+        }
+        for row in query.fetch_all(&mut *conn).await? {
+            found.push(rows::loaded(&row)?);
+        }
+    }
+    Ok(found)
+}
+
+async fn load_patient(
+    conn: &mut SqliteConnection,
+    tenant: &str,
+    patient: &str,
+) -> Result<Vec<Loaded>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT hospital_id, resource_type, id, version_id, state FROM fhir_resources \
+         WHERE hospital_id = ? AND patient_id = ?",
+    )
+    .bind(tenant)
+    .bind(patient)
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(rows::loaded).collect()
+}
+
+const RESOURCE_COLUMNS: &str =
+    "hospital_id, resource_type, id, version_id, last_updated, patient_id, state, body";
+const HISTORY_COLUMNS: &str = "hospital_id, resource_type, id, version_id, last_updated, body";
+const SEARCH_COLUMNS: &str = "hospital_id, resource_type, id, param, system, value, low, high";
+
+async fn write(conn: &mut SqliteConnection, output: &Output) -> Result<(), StoreError> {
+    for chunk in output.current.chunks(rows_per_statement(8)) {
+        let mut sql = multi_row_insert("fhir_resources", RESOURCE_COLUMNS, 8, chunk.len());
+        sql.push_str(
+            " ON CONFLICT (hospital_id, resource_type, id) DO UPDATE SET \
+             version_id = excluded.version_id, last_updated = excluded.last_updated, \
+             patient_id = excluded.patient_id, state = excluded.state, body = excluded.body",
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for row in chunk {
+            query = query
+                .bind(row.key.tenant.as_str())
+                .bind(row.key.resource_type.as_str())
+                .bind(row.key.id.as_str())
+                .bind(row.version)
+                .bind(format_timestamp(
+                    row.last_updated,
+                    "fhir_resources.last_updated",
+                )?)
+                .bind(row.patient.as_deref())
+                .bind(row.state.as_str())
+                .bind(row.body.as_str());
+        }
+        query.execute(&mut *conn).await?;
+
+        // The search rows of these resources are replaced as a whole.
+        let mut sql = String::new();
+        for _ in chunk {
+            sql.push_str(
+                "DELETE FROM fhir_search WHERE hospital_id = ? AND resource_type = ? AND id = ?;\n",
+            );
+        }
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for row in chunk {
+            query = query
+                .bind(row.key.tenant.as_str())
+                .bind(row.key.resource_type.as_str())
+                .bind(row.key.id.as_str());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    for chunk in output.history.chunks(rows_per_statement(6)) {
+        let sql = multi_row_insert("fhir_history", HISTORY_COLUMNS, 6, chunk.len());
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for row in chunk {
+            query = query
+                .bind(row.key.tenant.as_str())
+                .bind(row.key.resource_type.as_str())
+                .bind(row.key.id.as_str())
+                .bind(row.version)
+                .bind(format_timestamp(
+                    row.last_updated,
+                    "fhir_history.last_updated",
+                )?)
+                .bind(row.body.as_str());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    let entries: Vec<(&ResourceKey, &projections::search::Entry)> = output
+        .current
+        .iter()
+        .flat_map(|row| row.search.iter().map(move |e| (&row.key, e)))
+        .collect();
+    for chunk in entries.chunks(rows_per_statement(8)) {
+        let sql = multi_row_insert("fhir_search", SEARCH_COLUMNS, 8, chunk.len());
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (key, e) in chunk {
+            query = query
+                .bind(key.tenant.as_str())
+                .bind(key.resource_type.as_str())
+                .bind(key.id.as_str())
+                .bind(e.param)
+                .bind(e.system.as_str())
+                .bind(e.value.as_str())
+                .bind(e.low.as_deref())
+                .bind(e.high.as_deref());
+        }
+        query.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Empties the read models (before a rebuild).
+pub(super) async fn clear(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+    sqlx::query("DELETE FROM fhir_search; DELETE FROM fhir_history; DELETE FROM fhir_resources;")
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+fn bind_all(sql: Sql) -> SqliteQuery<'static> {
+    let mut query = sqlx::query(AssertSqlSafe(sql.text));
+    for b in sql.binds {
+        query = match b {
+            Bind::Text(t) => query.bind(t),
+            Bind::Int(i) => query.bind(i),
+        };
+    }
+    query
+}
+
+pub(super) async fn read(
+    pool: &sqlx::SqlitePool,
+    tenant: &str,
+    resource_type: ResourceType,
+    id: &str,
+    version: Option<i64>,
+) -> Result<Option<StoredResource>, StoreError> {
+    let row = match version {
+        None => {
+            sqlx::query(
+                "SELECT resource_type, id, version_id, last_updated, body FROM fhir_resources \
+                 WHERE hospital_id = ? AND resource_type = ? AND id = ?",
+            )
+            .bind(tenant)
+            .bind(resource_type.as_str())
+            .bind(id)
+            .fetch_optional(pool)
+            .await?
+        }
+        Some(v) => {
+            sqlx::query(
+                "SELECT resource_type, id, version_id, last_updated, body FROM fhir_history \
+                 WHERE hospital_id = ? AND resource_type = ? AND id = ? AND version_id = ?",
+            )
+            .bind(tenant)
+            .bind(resource_type.as_str())
+            .bind(id)
+            .bind(v)
+            .fetch_optional(pool)
+            .await?
+        }
+    };
+    row.as_ref().map(rows::stored_resource).transpose()
+}
+
+pub(super) async fn search(
+    pool: &sqlx::SqlitePool,
+    tenant: &str,
+    query: &SearchQuery,
+) -> Result<SearchPage, StoreError> {
+    let count = bind_all(fhir::count_sql(Backend::Sqlite, tenant, query))
+        .fetch_one(pool)
+        .await?;
+    let total: i64 = get(&count, 0, "count(fhir_resources)")?;
+    let resources = if query.count == 0 || total == 0 {
+        Vec::new()
+    } else {
+        let rows = bind_all(fhir::page_sql(Backend::Sqlite, tenant, query))
+            .fetch_all(pool)
+            .await?;
+        rows.iter()
+            .map(rows::stored_resource)
+            .collect::<Result<_, _>>()?
+    };
+    Ok(SearchPage { total, resources })
+}
+
+pub(super) async fn history(
+    pool: &sqlx::SqlitePool,
+    tenant: &str,
+    query: &HistoryQuery,
+) -> Result<SearchPage, StoreError> {
+    let count = bind_all(fhir::history_count_sql(Backend::Sqlite, tenant, query))
+        .fetch_one(pool)
+        .await?;
+    let total: i64 = get(&count, 0, "count(fhir_history)")?;
+    let rows = bind_all(fhir::history_page_sql(Backend::Sqlite, tenant, query))
+        .fetch_all(pool)
+        .await?;
+    let resources = rows
+        .iter()
+        .map(rows::stored_resource)
+        .collect::<Result<_, _>>()?;
+    Ok(SearchPage { total, resources })
+}
