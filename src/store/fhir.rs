@@ -6,10 +6,11 @@
 //! becomes `r.id IN (SELECT id FROM fhir_search WHERE … param = ? AND (…))`, which the indexes on
 //! `fhir_search` answer without touching the resources.
 
+use futures::future::BoxFuture;
 use time::OffsetDateTime;
 
 use crate::projections::ResourceType;
-use crate::store::Backend;
+use crate::store::{Backend, StoreError};
 
 /// A resource version as stored: the FHIR JSON served, with its version and time.
 #[derive(Debug, Clone, PartialEq)]
@@ -329,7 +330,7 @@ fn range_condition(
 }
 
 /// `SELECT count(*) …` of a search.
-pub fn count_sql(backend: Backend, tenant: &str, query: &SearchQuery) -> Sql {
+fn count_sql(backend: Backend, tenant: &str, query: &SearchQuery) -> Sql {
     let mut sql = Sql::new(backend);
     sql.push("SELECT count(*) FROM fhir_resources AS r WHERE ");
     where_clause(&mut sql, tenant, query);
@@ -338,7 +339,7 @@ pub fn count_sql(backend: Backend, tenant: &str, query: &SearchQuery) -> Sql {
 
 /// `SELECT resource_type, id, version_id, last_updated, body …` of one page of a search, in id
 /// order (stable across pages).
-pub fn page_sql(backend: Backend, tenant: &str, query: &SearchQuery) -> Sql {
+fn page_sql(backend: Backend, tenant: &str, query: &SearchQuery) -> Sql {
     let mut sql = Sql::new(backend);
     sql.push(
         "SELECT r.resource_type, r.id, r.version_id, r.last_updated, r.body \
@@ -366,7 +367,7 @@ fn history_where(sql: &mut Sql, tenant: &str, query: &HistoryQuery) {
     }
 }
 
-pub fn history_count_sql(backend: Backend, tenant: &str, query: &HistoryQuery) -> Sql {
+fn history_count_sql(backend: Backend, tenant: &str, query: &HistoryQuery) -> Sql {
     let mut sql = Sql::new(backend);
     sql.push("SELECT count(*) FROM fhir_history AS h WHERE ");
     history_where(&mut sql, tenant, query);
@@ -374,7 +375,7 @@ pub fn history_count_sql(backend: Backend, tenant: &str, query: &HistoryQuery) -
 }
 
 /// Newest first, as FHIR's `_history` requires.
-pub fn history_page_sql(backend: Backend, tenant: &str, query: &HistoryQuery) -> Sql {
+fn history_page_sql(backend: Backend, tenant: &str, query: &HistoryQuery) -> Sql {
     let mut sql = Sql::new(backend);
     sql.push(
         "SELECT h.resource_type, h.id, h.version_id, h.last_updated, h.body \
@@ -386,4 +387,100 @@ pub fn history_page_sql(backend: Backend, tenant: &str, query: &HistoryQuery) ->
         .push(" OFFSET ")
         .bind(Bind::Int(query.offset as i64));
     sql
+}
+
+/// `SELECT … FROM fhir_resources` (current) or `fhir_history` (one version) of one resource.
+fn read_sql(
+    backend: Backend,
+    tenant: &str,
+    resource_type: ResourceType,
+    id: &str,
+    version: Option<i64>,
+) -> Sql {
+    let mut sql = Sql::new(backend);
+    sql.push("SELECT resource_type, id, version_id, last_updated, body FROM ")
+        .push(if version.is_some() {
+            "fhir_history"
+        } else {
+            "fhir_resources"
+        })
+        .push(" WHERE hospital_id = ")
+        .text(tenant)
+        .push(" AND resource_type = ")
+        .text(resource_type.as_str())
+        .push(" AND id = ")
+        .text(id);
+    if let Some(v) = version {
+        sql.push(" AND version_id = ").bind(Bind::Int(v));
+    }
+    sql
+}
+
+/// The query of generated SQL with its values bound, for either backend.
+pub(super) fn bind_all<DB: sqlx::Database>(
+    sql: Sql,
+) -> sqlx::query::Query<'static, DB, <DB as sqlx::Database>::Arguments>
+where
+    String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.text));
+    for b in sql.binds {
+        query = match b {
+            Bind::Text(t) => query.bind(t),
+            Bind::Int(i) => query.bind(i),
+        };
+    }
+    query
+}
+
+/// How a backend runs the generated SQL of the FHIR reads; the reads themselves are written once,
+/// below.
+pub(super) trait FhirReader: Sync {
+    fn backend(&self) -> Backend;
+    /// Rows of `resource_type, id, version_id, last_updated, body`.
+    fn resources(&self, sql: Sql) -> BoxFuture<'_, Result<Vec<StoredResource>, StoreError>>;
+    /// The single number of a `SELECT count(*)`.
+    fn count(&self, sql: Sql) -> BoxFuture<'_, Result<i64, StoreError>>;
+}
+
+pub(super) async fn read(
+    reader: &impl FhirReader,
+    tenant: &str,
+    resource_type: ResourceType,
+    id: &str,
+    version: Option<i64>,
+) -> Result<Option<StoredResource>, StoreError> {
+    let sql = read_sql(reader.backend(), tenant, resource_type, id, version);
+    Ok(reader.resources(sql).await?.into_iter().next())
+}
+
+pub(super) async fn search(
+    reader: &impl FhirReader,
+    tenant: &str,
+    query: &SearchQuery,
+) -> Result<SearchPage, StoreError> {
+    let backend = reader.backend();
+    let total = reader.count(count_sql(backend, tenant, query)).await?;
+    let resources = if query.count == 0 || total == 0 {
+        Vec::new()
+    } else {
+        reader.resources(page_sql(backend, tenant, query)).await?
+    };
+    Ok(SearchPage { total, resources })
+}
+
+pub(super) async fn history(
+    reader: &impl FhirReader,
+    tenant: &str,
+    query: &HistoryQuery,
+) -> Result<SearchPage, StoreError> {
+    let backend = reader.backend();
+    let total = reader
+        .count(history_count_sql(backend, tenant, query))
+        .await?;
+    let resources = reader
+        .resources(history_page_sql(backend, tenant, query))
+        .await?;
+    Ok(SearchPage { total, resources })
 }

@@ -590,7 +590,7 @@ impl EventStore for PostgresStore {
         id: &'a str,
         version: Option<i64>,
     ) -> BoxFuture<'a, Result<Option<StoredResource>, StoreError>> {
-        postgres_fhir::read(&self.pool, tenant, resource_type, id, version).boxed()
+        super::fhir::read(&self.pool, tenant, resource_type, id, version).boxed()
     }
 
     fn fhir_search<'a>(
@@ -598,7 +598,7 @@ impl EventStore for PostgresStore {
         tenant: &'a str,
         query: &'a SearchQuery,
     ) -> BoxFuture<'a, Result<SearchPage, StoreError>> {
-        postgres_fhir::search(&self.pool, tenant, query).boxed()
+        super::fhir::search(&self.pool, tenant, query).boxed()
     }
 
     fn fhir_history<'a>(
@@ -606,7 +606,7 @@ impl EventStore for PostgresStore {
         tenant: &'a str,
         query: &'a HistoryQuery,
     ) -> BoxFuture<'a, Result<SearchPage, StoreError>> {
-        postgres_fhir::history(&self.pool, tenant, query).boxed()
+        super::fhir::history(&self.pool, tenant, query).boxed()
     }
 
     fn events_after(

@@ -10,16 +10,16 @@
 
 use std::collections::HashSet;
 
-use sqlx::postgres::PgRow;
-use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row};
+use sqlx::{PgConnection, PgPool, Postgres, Row};
 use time::OffsetDateTime;
 
-use super::fhir::{self, Bind, HistoryQuery, SearchPage, SearchQuery, Sql, StoredResource};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use super::fhir::{FhirReader, Sql, StoredResource, bind_all};
 use super::rows;
 use super::{Backend, StoreError};
-use crate::projections::{self, EventView, Loaded, Output, Projector, ResourceKey, ResourceType};
-
-type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+use crate::projections::{self, EventView, Loaded, Output, Projector, ResourceKey};
 
 /// SQLSTATEs that mean "another transaction got in the way": deadlock detected, serialization
 /// failure, and a unique violation on the read-model tables.
@@ -139,7 +139,10 @@ async fn write(conn: &mut PgConnection, output: &Output) -> Result<(), StoreErro
         .bind(before)
         .fetch_one(&mut *conn)
         .await?;
-    if count(&written, "fhir_resources")? != c.len() as i64 {
+    let written: i64 = written
+        .try_get(0)
+        .map_err(|e| StoreError::Corrupt(format!("fhir_resources upsert count: {e}")))?;
+    if written != c.len() as i64 {
         return Err(StoreError::Contention);
     }
     sqlx::query(
@@ -242,98 +245,25 @@ pub(super) async fn clear(conn: &mut PgConnection) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn bind_all(sql: Sql) -> PgQuery<'static> {
-    let mut query = sqlx::query(AssertSqlSafe(sql.text));
-    for b in sql.binds {
-        query = match b {
-            Bind::Text(t) => query.bind(t),
-            Bind::Int(i) => query.bind(i),
-        };
+impl FhirReader for PgPool {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
     }
-    query
-}
 
-fn count(row: &PgRow, name: &str) -> Result<i64, StoreError> {
-    row.try_get(0)
-        .map_err(|e| StoreError::Corrupt(format!("{name}: {e}")))
-}
-
-pub(super) async fn read(
-    pool: &PgPool,
-    tenant: &str,
-    resource_type: ResourceType,
-    id: &str,
-    version: Option<i64>,
-) -> Result<Option<StoredResource>, StoreError> {
-    let row = match version {
-        None => {
-            sqlx::query(
-                "SELECT resource_type, id, version_id, last_updated, body FROM fhir_resources \
-                 WHERE hospital_id = $1 AND resource_type = $2 AND id = $3",
-            )
-            .bind(tenant)
-            .bind(resource_type.as_str())
-            .bind(id)
-            .fetch_optional(pool)
-            .await?
+    fn resources(&self, sql: Sql) -> BoxFuture<'_, Result<Vec<StoredResource>, StoreError>> {
+        async move {
+            let rows = bind_all::<Postgres>(sql).fetch_all(self).await?;
+            rows.iter().map(rows::stored_resource).collect()
         }
-        Some(v) => {
-            sqlx::query(
-                "SELECT resource_type, id, version_id, last_updated, body FROM fhir_history \
-                 WHERE hospital_id = $1 AND resource_type = $2 AND id = $3 AND version_id = $4",
-            )
-            .bind(tenant)
-            .bind(resource_type.as_str())
-            .bind(id)
-            .bind(v)
-            .fetch_optional(pool)
-            .await?
+        .boxed()
+    }
+
+    fn count(&self, sql: Sql) -> BoxFuture<'_, Result<i64, StoreError>> {
+        async move {
+            let row = bind_all::<Postgres>(sql).fetch_one(self).await?;
+            row.try_get(0)
+                .map_err(|e| StoreError::Corrupt(format!("count(*): {e}")))
         }
-    };
-    row.as_ref().map(rows::stored_resource).transpose()
-}
-
-pub(super) async fn search(
-    pool: &PgPool,
-    tenant: &str,
-    query: &SearchQuery,
-) -> Result<SearchPage, StoreError> {
-    let total = count(
-        &bind_all(fhir::count_sql(Backend::Postgres, tenant, query))
-            .fetch_one(pool)
-            .await?,
-        "count(fhir_resources)",
-    )?;
-    let resources = if query.count == 0 || total == 0 {
-        Vec::new()
-    } else {
-        let rows = bind_all(fhir::page_sql(Backend::Postgres, tenant, query))
-            .fetch_all(pool)
-            .await?;
-        rows.iter()
-            .map(rows::stored_resource)
-            .collect::<Result<_, _>>()?
-    };
-    Ok(SearchPage { total, resources })
-}
-
-pub(super) async fn history(
-    pool: &PgPool,
-    tenant: &str,
-    query: &HistoryQuery,
-) -> Result<SearchPage, StoreError> {
-    let total = count(
-        &bind_all(fhir::history_count_sql(Backend::Postgres, tenant, query))
-            .fetch_one(pool)
-            .await?,
-        "count(fhir_history)",
-    )?;
-    let rows = bind_all(fhir::history_page_sql(Backend::Postgres, tenant, query))
-        .fetch_all(pool)
-        .await?;
-    let resources = rows
-        .iter()
-        .map(rows::stored_resource)
-        .collect::<Result<_, _>>()?;
-    Ok(SearchPage { total, resources })
+        .boxed()
+    }
 }

@@ -817,7 +817,7 @@ impl EventStore for SqliteStore {
         id: &'a str,
         version: Option<i64>,
     ) -> BoxFuture<'a, Result<Option<StoredResource>, StoreError>> {
-        sqlite_fhir::read(&self.reader, tenant, resource_type, id, version).boxed()
+        super::fhir::read(&self.reader, tenant, resource_type, id, version).boxed()
     }
 
     fn fhir_search<'a>(
@@ -825,7 +825,7 @@ impl EventStore for SqliteStore {
         tenant: &'a str,
         query: &'a SearchQuery,
     ) -> BoxFuture<'a, Result<SearchPage, StoreError>> {
-        sqlite_fhir::search(&self.reader, tenant, query).boxed()
+        super::fhir::search(&self.reader, tenant, query).boxed()
     }
 
     fn fhir_history<'a>(
@@ -833,7 +833,7 @@ impl EventStore for SqliteStore {
         tenant: &'a str,
         query: &'a HistoryQuery,
     ) -> BoxFuture<'a, Result<SearchPage, StoreError>> {
-        sqlite_fhir::history(&self.reader, tenant, query).boxed()
+        super::fhir::history(&self.reader, tenant, query).boxed()
     }
 
     fn events_after(

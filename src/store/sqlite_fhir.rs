@@ -7,11 +7,14 @@ use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, Sqlite};
 use time::OffsetDateTime;
 
-use super::fhir::{self, Bind, HistoryQuery, SearchPage, SearchQuery, Sql, StoredResource};
+use futures::FutureExt;
+use futures::future::BoxFuture;
+
+use super::fhir::{FhirReader, Sql, StoredResource, bind_all};
 use super::rows;
 use super::sqlite::{format_timestamp, get, multi_row_insert, rows_per_statement};
 use super::{Backend, StoreError};
-use crate::projections::{self, EventView, Loaded, Output, Projector, ResourceKey, ResourceType};
+use crate::projections::{self, EventView, Loaded, Output, Projector, ResourceKey};
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
 
@@ -56,10 +59,7 @@ async fn load_keys(
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for key in chunk {
-            query = query
-                .bind(key.tenant.as_str())
-                .bind(key.resource_type.as_str())
-                .bind(key.id.as_str());
+            query = bind_key(query, key);
         }
         for row in query.fetch_all(&mut *conn).await? {
             found.push(rows::loaded(&row)?);
@@ -84,6 +84,14 @@ async fn load_patient(
     rows.iter().map(rows::loaded).collect()
 }
 
+/// Binds a resource's key columns (`hospital_id, resource_type, id`).
+fn bind_key<'q>(query: SqliteQuery<'q>, key: &'q ResourceKey) -> SqliteQuery<'q> {
+    query
+        .bind(key.tenant.as_str())
+        .bind(key.resource_type.as_str())
+        .bind(key.id.as_str())
+}
+
 const RESOURCE_COLUMNS: &str =
     "hospital_id, resource_type, id, version_id, last_updated, patient_id, state, body";
 const HISTORY_COLUMNS: &str = "hospital_id, resource_type, id, version_id, last_updated, body";
@@ -99,10 +107,7 @@ async fn write(conn: &mut SqliteConnection, output: &Output) -> Result<(), Store
         );
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for row in chunk {
-            query = query
-                .bind(row.key.tenant.as_str())
-                .bind(row.key.resource_type.as_str())
-                .bind(row.key.id.as_str())
+            query = bind_key(query, &row.key)
                 .bind(row.version)
                 .bind(format_timestamp(
                     row.last_updated,
@@ -123,10 +128,7 @@ async fn write(conn: &mut SqliteConnection, output: &Output) -> Result<(), Store
         }
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for row in chunk {
-            query = query
-                .bind(row.key.tenant.as_str())
-                .bind(row.key.resource_type.as_str())
-                .bind(row.key.id.as_str());
+            query = bind_key(query, &row.key);
         }
         query.execute(&mut *conn).await?;
     }
@@ -134,10 +136,7 @@ async fn write(conn: &mut SqliteConnection, output: &Output) -> Result<(), Store
         let sql = multi_row_insert("fhir_history", HISTORY_COLUMNS, 6, chunk.len());
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for row in chunk {
-            query = query
-                .bind(row.key.tenant.as_str())
-                .bind(row.key.resource_type.as_str())
-                .bind(row.key.id.as_str())
+            query = bind_key(query, &row.key)
                 .bind(row.version)
                 .bind(format_timestamp(
                     row.last_updated,
@@ -156,10 +155,7 @@ async fn write(conn: &mut SqliteConnection, output: &Output) -> Result<(), Store
         let sql = multi_row_insert("fhir_search", SEARCH_COLUMNS, 8, chunk.len());
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for (key, e) in chunk {
-            query = query
-                .bind(key.tenant.as_str())
-                .bind(key.resource_type.as_str())
-                .bind(key.id.as_str())
+            query = bind_key(query, key)
                 .bind(e.param)
                 .bind(e.system.as_str())
                 .bind(e.value.as_str())
@@ -179,89 +175,24 @@ pub(super) async fn clear(conn: &mut SqliteConnection) -> Result<(), StoreError>
     Ok(())
 }
 
-fn bind_all(sql: Sql) -> SqliteQuery<'static> {
-    let mut query = sqlx::query(AssertSqlSafe(sql.text));
-    for b in sql.binds {
-        query = match b {
-            Bind::Text(t) => query.bind(t),
-            Bind::Int(i) => query.bind(i),
-        };
+impl FhirReader for sqlx::SqlitePool {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
     }
-    query
-}
 
-pub(super) async fn read(
-    pool: &sqlx::SqlitePool,
-    tenant: &str,
-    resource_type: ResourceType,
-    id: &str,
-    version: Option<i64>,
-) -> Result<Option<StoredResource>, StoreError> {
-    let row = match version {
-        None => {
-            sqlx::query(
-                "SELECT resource_type, id, version_id, last_updated, body FROM fhir_resources \
-                 WHERE hospital_id = ? AND resource_type = ? AND id = ?",
-            )
-            .bind(tenant)
-            .bind(resource_type.as_str())
-            .bind(id)
-            .fetch_optional(pool)
-            .await?
+    fn resources(&self, sql: Sql) -> BoxFuture<'_, Result<Vec<StoredResource>, StoreError>> {
+        async move {
+            let rows = bind_all::<sqlx::Sqlite>(sql).fetch_all(self).await?;
+            rows.iter().map(rows::stored_resource).collect()
         }
-        Some(v) => {
-            sqlx::query(
-                "SELECT resource_type, id, version_id, last_updated, body FROM fhir_history \
-                 WHERE hospital_id = ? AND resource_type = ? AND id = ? AND version_id = ?",
-            )
-            .bind(tenant)
-            .bind(resource_type.as_str())
-            .bind(id)
-            .bind(v)
-            .fetch_optional(pool)
-            .await?
+        .boxed()
+    }
+
+    fn count(&self, sql: Sql) -> BoxFuture<'_, Result<i64, StoreError>> {
+        async move {
+            let row = bind_all::<sqlx::Sqlite>(sql).fetch_one(self).await?;
+            get(&row, 0, "count(*)")
         }
-    };
-    row.as_ref().map(rows::stored_resource).transpose()
-}
-
-pub(super) async fn search(
-    pool: &sqlx::SqlitePool,
-    tenant: &str,
-    query: &SearchQuery,
-) -> Result<SearchPage, StoreError> {
-    let count = bind_all(fhir::count_sql(Backend::Sqlite, tenant, query))
-        .fetch_one(pool)
-        .await?;
-    let total: i64 = get(&count, 0, "count(fhir_resources)")?;
-    let resources = if query.count == 0 || total == 0 {
-        Vec::new()
-    } else {
-        let rows = bind_all(fhir::page_sql(Backend::Sqlite, tenant, query))
-            .fetch_all(pool)
-            .await?;
-        rows.iter()
-            .map(rows::stored_resource)
-            .collect::<Result<_, _>>()?
-    };
-    Ok(SearchPage { total, resources })
-}
-
-pub(super) async fn history(
-    pool: &sqlx::SqlitePool,
-    tenant: &str,
-    query: &HistoryQuery,
-) -> Result<SearchPage, StoreError> {
-    let count = bind_all(fhir::history_count_sql(Backend::Sqlite, tenant, query))
-        .fetch_one(pool)
-        .await?;
-    let total: i64 = get(&count, 0, "count(fhir_history)")?;
-    let rows = bind_all(fhir::history_page_sql(Backend::Sqlite, tenant, query))
-        .fetch_all(pool)
-        .await?;
-    let resources = rows
-        .iter()
-        .map(rows::stored_resource)
-        .collect::<Result<_, _>>()?;
-    Ok(SearchPage { total, resources })
+        .boxed()
+    }
 }

@@ -485,23 +485,34 @@ async fn search(
             response: None,
         });
     }
+    let links = paging_links(
+        &base,
+        rt.as_str(),
+        &parsed.canonical,
+        parsed.query.count,
+        parsed.query.offset,
+        page.total,
+    );
+    bundle_response("searchset", page.total, links, entries)
+}
+
+/// A Bundle answer around entries whose resources are the stored bodies.
+fn bundle_response(
+    kind: &'static str,
+    total: i64,
+    link: Vec<Link<'_>>,
+    entry: Vec<Entry<'_>>,
+) -> Result<Response, FhirError> {
     let bundle = Bundle {
         resource_type: "Bundle",
         id: uuid::Uuid::now_v7().hyphenated().to_string(),
         meta: BundleMeta {
             last_updated: now_text(),
         },
-        kind: "searchset",
-        total: page.total,
-        link: paging_links(
-            &base,
-            rt.as_str(),
-            &parsed.canonical,
-            parsed.query.count,
-            parsed.query.offset,
-            page.total,
-        ),
-        entry: entries,
+        kind,
+        total,
+        link,
+        entry,
     };
     let body = serde_json::to_vec(&bundle).map_err(|e| FhirError::internal(&e))?;
     Ok(json_response(StatusCode::OK, body))
@@ -632,17 +643,6 @@ async fn history(
         Some(id) => format!("{rt}/{id}/_history"),
         None => format!("{rt}/_history"),
     };
-    let bundle = Bundle {
-        resource_type: "Bundle",
-        id: uuid::Uuid::now_v7().hyphenated().to_string(),
-        meta: BundleMeta {
-            last_updated: now_text(),
-        },
-        kind: "history",
-        total: page.total,
-        link: paging_links(&base, &path, &canonical, count, offset, page.total),
-        entry: entries,
-    };
-    let body = serde_json::to_vec(&bundle).map_err(|e| FhirError::internal(&e))?;
-    Ok(json_response(StatusCode::OK, body))
+    let links = paging_links(&base, &path, &canonical, count, offset, page.total);
+    bundle_response("history", page.total, links, entries)
 }

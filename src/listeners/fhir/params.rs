@@ -47,6 +47,20 @@ const fn p(name: &'static str, kind: Kind, index: &'static str, doc: &'static st
     }
 }
 
+/// `patient` and `subject` of every resource that belongs to a Patient (both search the same index).
+const PATIENT_REF: Param = p(
+    "patient",
+    Kind::Reference,
+    "patient",
+    "The patient (Patient/id or id).",
+);
+const SUBJECT_REF: Param = p(
+    "subject",
+    Kind::Reference,
+    "patient",
+    "The patient (Patient/id or id).",
+);
+
 const PATIENT: &[Param] = &[
     p(
         "identifier",
@@ -88,18 +102,8 @@ const PATIENT: &[Param] = &[
 ];
 
 const ENCOUNTER: &[Param] = &[
-    p(
-        "patient",
-        Kind::Reference,
-        "patient",
-        "The patient (Patient/id or id).",
-    ),
-    p(
-        "subject",
-        Kind::Reference,
-        "patient",
-        "The patient (Patient/id or id).",
-    ),
+    PATIENT_REF,
+    SUBJECT_REF,
     p("status", Kind::Token, "status", "Encounter status."),
     p(
         "class",
@@ -122,18 +126,8 @@ const ENCOUNTER: &[Param] = &[
 ];
 
 const SERVICE_REQUEST: &[Param] = &[
-    p(
-        "patient",
-        Kind::Reference,
-        "patient",
-        "The patient (Patient/id or id).",
-    ),
-    p(
-        "subject",
-        Kind::Reference,
-        "patient",
-        "The patient (Patient/id or id).",
-    ),
+    PATIENT_REF,
+    SUBJECT_REF,
     p("status", Kind::Token, "status", "Request status."),
     p(
         "code",
@@ -156,18 +150,8 @@ const SERVICE_REQUEST: &[Param] = &[
 ];
 
 const OBSERVATION: &[Param] = &[
-    p(
-        "patient",
-        Kind::Reference,
-        "patient",
-        "The patient (Patient/id or id).",
-    ),
-    p(
-        "subject",
-        Kind::Reference,
-        "patient",
-        "The patient (Patient/id or id).",
-    ),
+    PATIENT_REF,
+    SUBJECT_REF,
     p(
         "code",
         Kind::Token,
@@ -184,18 +168,8 @@ const OBSERVATION: &[Param] = &[
 ];
 
 const DIAGNOSTIC_REPORT: &[Param] = &[
-    p(
-        "patient",
-        Kind::Reference,
-        "patient",
-        "The patient (Patient/id or id).",
-    ),
-    p(
-        "subject",
-        Kind::Reference,
-        "patient",
-        "The patient (Patient/id or id).",
-    ),
+    PATIENT_REF,
+    SUBJECT_REF,
     p(
         "code",
         Kind::Token,
