@@ -16,6 +16,7 @@
 //! | ingest: validate → map → commit → ACK | `src/pipeline.rs` |
 //! | group commit | `src/store/group_commit.rs` |
 //! | store contract; SQLite and PostgreSQL backends | `src/store/mod.rs`, `src/store/sqlite.rs`, `src/store/postgres.rs` |
+//! | access control for the FHIR API (bearer JWTs, JWKS, SMART scopes) | `src/auth/mod.rs` (`jwks.rs`, `scopes.rs`) |
 //! | wiring and shutdown | `src/app.rs` |
 //! | configuration | `src/config.rs` |
 //!
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod hl7;
