@@ -14,7 +14,8 @@ use tokio_util::sync::CancellationToken;
 
 use arc_swap::ArcSwap;
 
-use crate::config::Settings;
+use crate::auth::{AuthError, Authenticator};
+use crate::config::{AuthMode, Settings};
 use crate::hl7::{Charset, DecodeOptions};
 use crate::listeners::http::{HealthState, router};
 use crate::listeners::mllp::{MllpListener, MllpOptions};
@@ -40,6 +41,8 @@ pub enum AppError {
     Mappings { dir: String, problems: Vec<String> },
     #[error("cannot watch the mappings folder {dir} for changes: {source}")]
     Watch { dir: String, source: notify::Error },
+    #[error("auth: {0}")]
+    Auth(#[from] AuthError),
 }
 
 /// Loads the mapping set at start-up. A folder with problems stops the start (better than
@@ -72,6 +75,8 @@ pub struct App {
     pub store: DynStore,
     /// The active mapping set (hot-reloaded when the folder changes).
     pub mappings: Mappings,
+    /// Checks bearer tokens for the FHIR API (`auth` setting); its JWKS is loaded at start.
+    pub authenticator: Authenticator,
     watcher: Option<JoinHandle<()>>,
     shutdown: CancellationToken,
     listeners: Vec<JoinHandle<()>>,
@@ -103,6 +108,19 @@ fn charset(label: &str, what: &str) -> Result<Charset, AppError> {
 impl App {
     /// Opens the store (migrating it), binds every listener and starts serving.
     pub async fn start(settings: &Settings) -> Result<App, AppError> {
+        let authenticator = match &settings.auth {
+            AuthMode::None => {
+                tracing::warn!(
+                    "Authentication is off (auth = \"none\"): HTTP API requests are not checked and get every scope. For the embedded demo and local trials only."
+                );
+                Authenticator::disabled()
+            }
+            AuthMode::Bearer(auth) => {
+                let authenticator = Authenticator::from_settings(auth).await?;
+                tracing::info!(issuer = %auth.issuer, audience = %auth.audience, "Bearer-token authentication on.");
+                authenticator
+            }
+        };
         let store = open_store(settings).await?;
         tracing::info!(backend = %store.backend(), "Store ready.");
         let (committer, committers) = GroupCommitter::start(
@@ -200,6 +218,7 @@ impl App {
             "/fhir",
             crate::listeners::fhir::router(crate::listeners::fhir::FhirState::new(
                 store.clone(),
+                authenticator.clone(),
                 settings.http.hospital_id.clone(),
                 settings.http.fhir_base_url.clone(),
             )),
@@ -228,6 +247,7 @@ impl App {
             http_addr,
             store,
             mappings,
+            authenticator,
             watcher,
             shutdown,
             listeners,

@@ -8,6 +8,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::auth::{AuthMode, AuthSettings, Secret};
+
 /// Errors reading or checking the configuration.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -44,6 +46,9 @@ pub struct Settings {
     pub shutdown_grace_secs: u64,
     /// Inbound listeners. Without any in the file, one MLLP listener on 127.0.0.1:2575.
     pub listeners: Vec<ListenerSettings>,
+    /// Bearer-token checks for the FHIR API: `"none"` or an `[auth]` table. Off in the built-in
+    /// defaults (the embedded demo); a config file must say which (see [`Settings::from_toml`]).
+    pub auth: AuthMode,
 }
 
 impl Default for Settings {
@@ -55,6 +60,7 @@ impl Default for Settings {
             mappings: MappingsSettings::default(),
             shutdown_grace_secs: 10,
             listeners: vec![ListenerSettings::Mllp(MllpListenerSettings::default())],
+            auth: AuthMode::None,
         }
     }
 }
@@ -240,8 +246,21 @@ impl Settings {
         })
     }
 
+    /// Parses a config file's text. Unlike every other setting, `auth` has no default here: a
+    /// file that leaves it out is refused, so authentication is off only where a file says
+    /// `auth = "none"` (the built-in defaults, used without any file, are the exception).
     pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        /// Whether the text sets `auth` at all (serde's struct default would hide it).
+        #[derive(Deserialize)]
+        struct AuthGiven {
+            auth: Option<serde::de::IgnoredAny>,
+        }
         let mut settings: Settings = toml::from_str(text)?;
+        if toml::from_str::<AuthGiven>(text)?.auth.is_none() {
+            return Err(serde::de::Error::custom(
+                "the `auth` setting is missing: write `auth = \"none\"` (at the top, before any [table]) to run the FHIR API without authentication, or an `[auth]` table (issuer, audience, jwks_file or jwks_url) to require bearer tokens",
+            ));
+        }
         if settings.listeners.is_empty() {
             settings.listeners = Settings::default().listeners;
         }
@@ -335,6 +354,9 @@ impl Settings {
                 )));
             }
         }
+        if let AuthMode::Bearer(auth) = &self.auth {
+            auth.validate().map_err(ConfigError::Invalid)?;
+        }
         if self.store.group_commit_max_batch == 0 || self.store.commit_workers == 0 {
             return Err(ConfigError::Invalid(
                 "store.group_commit_max_batch and store.commit_workers must be at least 1".into(),
@@ -370,6 +392,7 @@ mod tests {
         let mut s = Settings::from_toml(
             r#"
             shutdown_grace_secs = 3
+            auth = "none"
             [store]
             url = "sqlite://x.db"
             [[listeners]]
@@ -410,9 +433,10 @@ mod tests {
             s.apply_env(|n| (n == "FERRY_HTTP_LISTEN").then(|| "nope".to_string()))
                 .is_err()
         );
-        let s =
-            Settings::from_toml("[[listeners]]\ntype = \"mllp\"\ncharset_fallback = \"klingon\"\n")
-                .unwrap();
+        let s = Settings::from_toml(
+            "auth = \"none\"\n[[listeners]]\ntype = \"mllp\"\ncharset_fallback = \"klingon\"\n",
+        )
+        .unwrap();
         assert!(s.validate().is_err());
     }
 }

@@ -18,6 +18,7 @@
 //! | group commit | `src/store/group_commit.rs` |
 //! | store contract; SQLite and PostgreSQL backends | `src/store/mod.rs`, `src/store/sqlite.rs`, `src/store/postgres.rs` |
 //! | projections: events → FHIR read models (in the commit) | `src/projections/mod.rs` (`apply.rs`, `render.rs`, `search.rs`); SQL in `src/store/sqlite_fhir.rs`, `src/store/postgres_fhir.rs`, `src/store/fhir.rs` |
+//! | access control for the FHIR API (bearer JWTs, JWKS, SMART scopes) | `src/auth/mod.rs` (`jwks.rs`, `scopes.rs`) |
 //! | wiring and shutdown | `src/app.rs` |
 //! | configuration | `src/config.rs` |
 //!
@@ -28,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 pub mod app;
+pub mod auth;
 pub mod config;
 pub mod domain;
 pub mod hl7;

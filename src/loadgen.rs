@@ -22,6 +22,11 @@ pub struct LoadOptions {
     pub connections: usize,
     pub messages: usize,
     pub timeout: Duration,
+    /// A number in the templates (e.g. the synthetic A01's `900001`, which is its MRN, account
+    /// and visit number) replaced in each message by that number plus the message's index, so
+    /// that a run creates that many distinct patients and visits (to fill a store for read
+    /// benchmarks). None: the templates are sent as they are.
+    pub vary: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +120,37 @@ pub fn load_templates(dir: Option<&Path>) -> Result<Vec<Vec<u8>>, LoadError> {
     Ok(out)
 }
 
+/// `--vary NUMBER`: every occurrence of a number in a message replaced by number + index, zero
+/// padded to the same width.
+struct Vary {
+    text: Vec<u8>,
+    base: u64,
+    width: usize,
+}
+
+impl Vary {
+    fn new(text: &str) -> Self {
+        Self {
+            text: text.as_bytes().to_vec(),
+            base: text.parse().unwrap_or(0),
+            width: text.len(),
+        }
+    }
+
+    fn apply(&self, message: &[u8], index: usize) -> Vec<u8> {
+        let replacement = format!("{:0width$}", self.base + index as u64, width = self.width);
+        let mut out = Vec::with_capacity(message.len() + 8);
+        let mut rest = message;
+        while let Some(at) = memchr::memmem::find(rest, &self.text) {
+            out.extend_from_slice(&rest[..at]);
+            out.extend_from_slice(replacement.as_bytes());
+            rest = &rest[at + self.text.len()..];
+        }
+        out.extend_from_slice(rest);
+        out
+    }
+}
+
 /// Replaces MSH-10 of a message (raw bytes, any ASCII-compatible charset) with `control_id`.
 /// Returns `None` when the first segment is not a readable MSH.
 pub fn with_control_id(message: &[u8], control_id: &str) -> Option<Vec<u8>> {
@@ -160,6 +196,7 @@ pub async fn run(options: &LoadOptions, templates: Vec<Vec<u8>>) -> Result<LoadR
         let to = options.to.clone();
         let timeout = options.timeout;
         let run_id = run_id.clone();
+        let vary = options.vary.as_deref().map(Vary::new);
         tasks.spawn(async move {
             let mut client =
                 MllpClient::connect(&to, timeout)
@@ -173,9 +210,12 @@ pub async fn run(options: &LoadOptions, templates: Vec<Vec<u8>>) -> Result<LoadR
             for i in 0..count {
                 let template = &templates[(c + i * connections) % templates.len()];
                 let control_id = format!("{run_id}{c:x}-{i}");
-                let Some(message) = with_control_id(template, &control_id) else {
+                let Some(mut message) = with_control_id(template, &control_id) else {
                     continue;
                 };
+                if let Some(vary) = &vary {
+                    message = vary.apply(&message, c + i * connections);
+                }
                 let t0 = Instant::now();
                 let ack = client
                     .request(&message)
@@ -234,6 +274,15 @@ pub async fn run(options: &LoadOptions, templates: Vec<Vec<u8>>) -> Result<LoadR
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vary_makes_each_message_a_distinct_patient() {
+        let v = Vary::new("000900");
+        assert_eq!(
+            v.apply(b"PID|1||000900^^^H~X000900|V000900", 1234),
+            b"PID|1||002134^^^H~X002134|V002134".to_vec()
+        );
+    }
 
     #[test]
     fn rewrites_msh_10_only() {

@@ -123,6 +123,17 @@ enum BenchCommand {
         corpus: Option<PathBuf>,
         #[arg(long, default_value_t = 30)]
         timeout_secs: u64,
+        /// A number in the templates replaced by number + message index in every message (the
+        /// synthetic A01's MRN and visit number are 900001): fills a store with that many
+        /// distinct patients.
+        #[arg(long)]
+        vary: Option<String>,
+    },
+    /// The peer of the FHIR read benchmark: a minimal axum server answering every GET with one
+    /// fixed FHIR JSON body (the ceiling an HTTP service on this machine can reach).
+    HttpPeer {
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
     },
 }
 
@@ -174,6 +185,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             timeout_secs,
         } => send(files, &to, Duration::from_secs(timeout_secs)).await,
         Command::Bench {
+            what: BenchCommand::HttpPeer { listen },
+        } => http_peer(listen).await,
+        Command::Bench {
             what:
                 BenchCommand::Mllp {
                     to,
@@ -181,6 +195,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     messages,
                     corpus,
                     timeout_secs,
+                    vary,
                 },
         } => {
             let templates = loadgen::load_templates(corpus.as_deref())?;
@@ -194,6 +209,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     connections,
                     messages,
                     timeout: Duration::from_secs(timeout_secs),
+                    vary,
                 },
                 templates,
             )
@@ -240,6 +256,21 @@ async fn rebuild_projections(config: Option<PathBuf>) -> anyhow::Result<ExitCode
         .context("rebuild failed; the previous read models are unchanged")?;
     bar.finish_and_clear();
     println!("ferry: projections rebuilt from {replayed} events");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ferry bench http-peer`: one route, one fixed body, nothing else; prints its address like serve.
+async fn http_peer(listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
+    const BODY: &str = r#"{"resourceType":"Patient","id":"0193a1b2-7c4d-7e5f-8a9b-0c1d2e3f4a5b","meta":{"versionId":"1","lastUpdated":"2026-11-22T08:00:00.000000Z"},"identifier":[{"type":{"coding":[{"system":"http://terminology.hl7.org/CodeSystem/v2-0203","code":"MR"}]},"system":"urn:ferry:authority:FERRY","value":"900001","assigner":{"display":"FERRY"}}],"active":true,"name":[{"use":"official","family":"Testpatient","given":["Alex","J"]}],"telecom":[{"system":"phone","value":"555-0100","use":"home"}],"gender":"unknown","birthDate":"1980-01-01","address":[{"use":"home","line":["1 Example Street"],"city":"Springfield","state":"ST","postalCode":"00000","country":"USA"}]}"#;
+    let app = axum::Router::new().fallback(|| async {
+        (
+            [(axum::http::header::CONTENT_TYPE, "application/fhir+json")],
+            BODY,
+        )
+    });
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    println!("ferry: http listening on {}", listener.local_addr()?);
+    axum::serve(listener, app).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -76,7 +76,7 @@ async fn crash_and_recover(url: String) {
     std::fs::write(
         &config,
         format!(
-            "[store]\nurl = \"{url}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\ntype = \"mllp\"\nname = \"crash\"\nlisten = \"127.0.0.1:0\"\nhospital_id = \"crash\"\n"
+            "auth = \"none\"\n[store]\nurl = \"{url}\"\n[http]\nlisten = \"127.0.0.1:0\"\n[[listeners]]\ntype = \"mllp\"\nname = \"crash\"\nlisten = \"127.0.0.1:0\"\nhospital_id = \"crash\"\n"
         ),
     )
     .unwrap();

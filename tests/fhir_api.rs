@@ -465,7 +465,11 @@ async fn the_rebuild_command_replays_the_store() {
     app.shutdown().await;
 
     let config = dir.path().join("ferry.toml");
-    std::fs::write(&config, format!("[store]\nurl = \"{url}\"\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("auth = \"none\"\n[store]\nurl = \"{url}\"\n"),
+    )
+    .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["projections", "rebuild", "--config"])
         .arg(&config)

@@ -21,6 +21,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 
 use self::outcome::FhirError;
+use crate::auth::{AuthError, Authenticator, Interaction, Principal};
 use crate::projections::ResourceType;
 use crate::store::DynStore;
 use crate::store::fhir::{Filter, HistoryQuery, SearchQuery, StoredResource};
@@ -32,6 +33,8 @@ pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 #[derive(Clone)]
 pub struct FhirState {
     pub store: DynStore,
+    /// Checks the bearer token of every request but `/metadata`.
+    pub auth: Authenticator,
     /// The tenant whose data the API serves when authentication is off (`auth = "none"`).
     pub default_tenant: String,
     /// Public base URL (`https://ferry.example/fhir`) for links; None: taken from the request's
@@ -41,9 +44,15 @@ pub struct FhirState {
 }
 
 impl FhirState {
-    pub fn new(store: DynStore, default_tenant: String, base_url: Option<String>) -> Self {
+    pub fn new(
+        store: DynStore,
+        auth: Authenticator,
+        default_tenant: String,
+        base_url: Option<String>,
+    ) -> Self {
         Self {
             store,
+            auth,
             default_tenant,
             base_url: base_url.map(|b| b.trim_end_matches('/').to_owned()),
             capability: Arc::new(capability::statement()),
@@ -104,9 +113,64 @@ fn writes_not_supported(interaction: &str, resource_type: &str) -> FhirError {
     )
 }
 
-/// The caller's tenant. (Authentication joins here.)
-fn tenant(state: &FhirState) -> &str {
-    &state.default_tenant
+/// The authenticated caller of a request: its tenant and scopes. Every handler but
+/// `/metadata` (which SMART clients read before they have a token) takes one, so no data is
+/// served without the token check; every store call is confined to [`Caller::tenant`].
+pub struct Caller {
+    principal: Principal,
+    tenant: String,
+}
+
+impl Caller {
+    /// Ok when the token's scopes allow `interaction` on `resource_type` (403 otherwise).
+    fn allow(
+        &self,
+        resource_type: ResourceType,
+        interaction: Interaction,
+    ) -> Result<(), FhirError> {
+        self.principal
+            .require(resource_type.as_str(), interaction)
+            .map_err(auth_error)
+    }
+
+    fn tenant(&self) -> &str {
+        &self.tenant
+    }
+}
+
+impl axum::extract::FromRequestParts<FhirState> for Caller {
+    type Rejection = FhirError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &FhirState,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|v| v.to_str().map_err(|_| AuthError::Malformed))
+            .transpose()
+            .map_err(auth_error)?;
+        let principal = state.auth.authenticate(header).await.map_err(auth_error)?;
+        let tenant = principal.tenant_or(&state.default_tenant).to_owned();
+        Ok(Caller { principal, tenant })
+    }
+}
+
+/// An authentication or authorisation failure as FHIR answers it: 401 with the challenge, or 403.
+fn auth_error(e: AuthError) -> FhirError {
+    let status = e.status();
+    let code = match status {
+        StatusCode::UNAUTHORIZED => ferry_fhir::codes::IssueType::Login,
+        StatusCode::FORBIDDEN => ferry_fhir::codes::IssueType::Forbidden,
+        _ => ferry_fhir::codes::IssueType::Exception,
+    };
+    if status.is_server_error() {
+        return FhirError::internal(&e);
+    }
+    let mut error = FhirError::new(status, code, e.to_string());
+    error.challenge = e.www_authenticate();
+    error
 }
 
 /// Checks the requested format: JSON (`application/fhir+json`, `application/json`, `json`) is
@@ -248,33 +312,40 @@ async fn metadata(
 
 async fn read(
     State(state): State<FhirState>,
+    caller: Caller,
     Path((type_name, id)): Path<(String, String)>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, FhirError> {
     negotiate(&headers, &query_pairs(raw.as_deref()))?;
     let rt = resource_type(&type_name)?;
+    caller.allow(rt, Interaction::Read)?;
     check_id(&id)?;
-    let found = state.store.fhir_read(tenant(&state), rt, &id, None).await?;
+    let found = state
+        .store
+        .fhir_read(caller.tenant(), rt, &id, None)
+        .await?;
     let r = found.ok_or_else(|| FhirError::not_found(format!("{rt}/{id} is not known")))?;
     Ok(resource_response(r, &base_url(&state, &headers), &headers))
 }
 
 async fn vread(
     State(state): State<FhirState>,
+    caller: Caller,
     Path((type_name, id, vid)): Path<(String, String, String)>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, FhirError> {
     negotiate(&headers, &query_pairs(raw.as_deref()))?;
     let rt = resource_type(&type_name)?;
+    caller.allow(rt, Interaction::VRead)?;
     check_id(&id)?;
     let version: i64 = vid
         .parse()
         .map_err(|_| FhirError::bad_request(format!("{vid:?} is not a version id (1, 2, …)")))?;
     let found = state
         .store
-        .fhir_read(tenant(&state), rt, &id, Some(version))
+        .fhir_read(caller.tenant(), rt, &id, Some(version))
         .await?;
     let r =
         found.ok_or_else(|| FhirError::not_found(format!("{rt}/{id} has no version {version}")))?;
@@ -406,16 +477,18 @@ fn strict_handling(headers: &HeaderMap) -> bool {
 
 async fn search_get(
     State(state): State<FhirState>,
+    caller: Caller,
     Path(type_name): Path<String>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, FhirError> {
     let pairs = query_pairs(raw.as_deref());
-    search(state, &type_name, &headers, pairs).await
+    search(state, &caller, &type_name, &headers, pairs).await
 }
 
 async fn search_post(
     State(state): State<FhirState>,
+    caller: Caller,
     Path(type_name): Path<String>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
@@ -433,19 +506,25 @@ async fn search_post(
     }
     let mut pairs = query_pairs(raw.as_deref());
     pairs.extend(form_urlencoded::parse(&body).map(|(k, v)| (k.into_owned(), v.into_owned())));
-    search(state, &type_name, &headers, pairs).await
+    search(state, &caller, &type_name, &headers, pairs).await
 }
 
 async fn search(
     state: FhirState,
+    caller: &Caller,
     type_name: &str,
     headers: &HeaderMap,
     pairs: Vec<(String, String)>,
 ) -> Result<Response, FhirError> {
     negotiate(headers, &pairs)?;
     let rt = resource_type(type_name)?;
+    caller.allow(rt, Interaction::SearchType)?;
     let parsed = params::parse(rt, &pairs, strict_handling(headers))?;
-    let tenant = tenant(&state);
+    if parsed.include_patient {
+        // The included Patients are served too: the token must allow reading them.
+        caller.allow(ResourceType::Patient, Interaction::Read)?;
+    }
+    let tenant = caller.tenant();
     let page = state.store.fhir_search(tenant, &parsed.query).await?;
     let base = base_url(&state, headers);
 
@@ -535,25 +614,36 @@ fn subject_patient(body: &str) -> Option<String> {
 
 async fn type_history(
     State(state): State<FhirState>,
+    caller: Caller,
     Path(type_name): Path<String>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, FhirError> {
-    history(state, &type_name, None, &headers, raw.as_deref()).await
+    history(state, &caller, &type_name, None, &headers, raw.as_deref()).await
 }
 
 async fn instance_history(
     State(state): State<FhirState>,
+    caller: Caller,
     Path((type_name, id)): Path<(String, String)>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response, FhirError> {
     check_id(&id)?;
-    history(state, &type_name, Some(id), &headers, raw.as_deref()).await
+    history(
+        state,
+        &caller,
+        &type_name,
+        Some(id),
+        &headers,
+        raw.as_deref(),
+    )
+    .await
 }
 
 async fn history(
     state: FhirState,
+    caller: &Caller,
     type_name: &str,
     id: Option<String>,
     headers: &HeaderMap,
@@ -562,6 +652,14 @@ async fn history(
     let pairs = query_pairs(raw);
     negotiate(headers, &pairs)?;
     let rt = resource_type(type_name)?;
+    caller.allow(
+        rt,
+        if id.is_some() {
+            Interaction::HistoryInstance
+        } else {
+            Interaction::HistoryType
+        },
+    )?;
     let mut count = params::DEFAULT_COUNT;
     let mut offset = 0;
     let mut since = None;
@@ -605,7 +703,7 @@ async fn history(
         count,
         offset,
     };
-    let tenant = tenant(&state);
+    let tenant = caller.tenant();
     let page = state.store.fhir_history(tenant, &query).await?;
     if page.total == 0
         && let Some(id) = &id
