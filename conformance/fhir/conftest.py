@@ -120,7 +120,7 @@ def fhirpy_client(ferry):
 def pytest_terminal_summary(terminalreporter):
     if VALIDATOR.valid:
         terminalreporter.section(
-            "FHIR documents validated (fhir.resources R4B models, FHIR JSON rules)"
+            "FHIR documents validated (fhir.resources R4B models, JSON rules, invariants)"
         )
         for kind, count in sorted(VALIDATOR.valid.items()):
             terminalreporter.write_line(f"{count:6d}  {kind}")

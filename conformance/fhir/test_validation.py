@@ -13,33 +13,53 @@ TYPES = ["Patient", "Encounter", "ServiceRequest", "Observation", "DiagnosticRep
 
 def test_the_validator_rejects_what_is_not_fhir():
     """A control: a validator that accepted anything would make the other tests worthless."""
-    assert problems({"resourceType": "Patient", "id": "p1", "gender": "female"}) is None
+    patient = {"resourceType": "Patient", "id": "p1", "gender": "female"}
+    entry = {"fullUrl": "http://x/fhir/Patient/p1", "resource": patient}
+    searchset = {"resourceType": "Bundle", "type": "searchset", "total": 1, "entry": [entry]}
+    statement = {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": "2026-11-22",
+        "kind": "instance",
+        "implementation": {"description": "x"},
+        "fhirVersion": "4.0.1",
+        "format": ["json"],
+        "rest": [{"mode": "server", "resource": [{"type": "Patient"}]}],
+    }
+    for document in [patient, searchset, statement]:
+        assert problems(document) is None, problems(document)
+    undated = {k: v for k, v in statement.items() if k != "date"}
+    unimplemented = {k: v for k, v in statement.items() if k != "implementation"}
+    twice = [{"name": "family", "type": "string"}] * 2
     broken = [
-        {"resourceType": "Patient", "shoeSize": 42},  # unknown element
-        {"resourceType": "Patient", "birthDate": "1984-13-12"},  # not a date
-        {"resourceType": "Patient", "name": {"family": "Brandt"}},  # name is a list
-        {"resourceType": "Patient", "id": "no_underscores"},  # id syntax
-        {"resourceType": "Patient", "name": []},  # FHIR JSON: no empty arrays
-        {"resourceType": "Patient", "gender": None},  # FHIR JSON: no nulls
-        {"resourceType": "Bundle", "type": "searchset", "total": -1},  # unsignedInt
-        {
-            "resourceType": "Bundle",
-            "type": "history",
-            "entry": [{"resource": {"resourceType": "Patient", "x": 1}}],
-        },
-        {
-            "resourceType": "OperationOutcome",
-            "issue": [{"severity": "error"}],
-        },  # issue.code required
-        {
-            "resourceType": "CapabilityStatement",
-            "status": "active",
-            "kind": "instance",
-        },  # date, format, fhirVersion
-        {"resourceType": "Medicament"},
+        # (document, a piece of the complaint it must draw)
+        (patient | {"shoeSize": 42}, "shoeSize\n  Extra inputs are not permitted"),
+        (patient | {"birthDate": "1984-13-12"}, "birthDate\n"),
+        (patient | {"name": {"family": "Brandt"}}, "name\n  Input should be a valid list"),
+        (patient | {"id": "no_underscores"}, "id\n  String should match pattern"),
+        (patient | {"name": []}, "$.name is empty"),
+        (patient | {"gender": None}, "$.gender is null"),
+        (searchset | {"total": -1}, "total\n  Input should be greater than or equal to 0"),
+        (searchset | {"entry": [entry | {"resource": patient | {"x": 1}}]}, "entry.0.resource.x"),
+        (searchset | {"entry": [entry, entry]}, "bdl-7"),
+        (searchset | {"entry": [entry | {"request": {"method": "GET", "url": "x"}}]}, "bdl-3"),
+        (searchset | {"type": "collection"}, "bdl-1"),
+        ({"resourceType": "OperationOutcome", "issue": [{"severity": "error"}]}, "issue.0.code"),
+        (undated, "date\n  Value for the field 'date' is required"),
+        (unimplemented | {"software": {"name": "x"}}, "cpb-14"),
+        (
+            statement
+            | {
+                "rest": [
+                    {"mode": "server", "resource": [{"type": "Patient", "searchParam": twice}]}
+                ]
+            },
+            "cpb-12",
+        ),
+        ({"resourceType": "Medicament"}, "Medicament is not a valid FHIR Model"),
     ]
-    for document in broken:
-        assert problems(document) is not None, document
+    for document, complaint in broken:
+        assert complaint in (problems(document) or ""), (document, problems(document))
 
 
 def test_the_capability_statement_validates(api, validator):
@@ -105,6 +125,7 @@ ERRORS = [
     # (method, path, headers, status, issue code, expression)
     ("GET", "Patient/no-such-patient", {}, 404, "not-found", None),
     ("GET", "Patient/no-such-patient/_history", {}, 404, "not-found", None),
+    ("GET", "Patient/no-such-patient/_history/1", {}, 404, "not-found", None),
     ("GET", "Medication/1", {}, 404, "not-found", None),
     ("GET", "Patient?birthdate=yesterday", {}, 400, "invalid", "birthdate"),
     ("GET", "Patient?_count=many", {}, 400, "invalid", "_count"),
