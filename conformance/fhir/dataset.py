@@ -29,30 +29,10 @@ MRN_SYSTEM = "urn:ferry:authority:TEST-HOSP"
 
 # Generated admissions: copies of adt_a01_basic.hl7 with their own control ID, MRN, visit number,
 # name, birth date and sex. Odd numbers are female, even ones male; born 1950 + n.
-HARTMANN_GIVEN = [
-    "Ada",
-    "Bruno",
-    "Carla",
-    "Dario",
-    "Eva",
-    "Felix",
-    "Greta",
-    "Hugo",
-    "Ida",
-    "Jan",
-    "Katja",
-    "Lars",
-    "Mia",
-    "Nils",
-    "Olga",
-    "Paul",
-    "Rita",
-    "Sven",
-    "Tara",
-    "Udo",
-    "Vera",
-    "Wim",
-]
+HARTMANN_GIVEN = (
+    "Ada Bruno Carla Dario Eva Felix Greta Hugo Ida Jan Katja "
+    "Lars Mia Nils Olga Paul Rita Sven Tara Udo Vera Wim"
+).split()
 
 
 def hartmann_mrn(n: int) -> str:
