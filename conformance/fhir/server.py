@@ -17,10 +17,11 @@ LISTENING = re.compile(r"^ferry: (mllp|http) listening on (\S+)$")
 START_TIMEOUT_SECS = 30
 
 
-def config_text(workdir: Path, with_auth: bool) -> str:
-    # `auth` is a top-level key; "none" serves `http.hospital_id`'s data without authentication.
-    auth = 'auth = "none"\n' if with_auth else ""
-    return f"""{auth}shutdown_grace_secs = 5
+def config_text(workdir: Path) -> str:
+    # `auth` is required in a config file; "none" serves `http.hospital_id`'s data without
+    # authentication (tests/fhir_access.rs covers tokens).
+    return f"""auth = "none"
+shutdown_grace_secs = 5
 
 [store]
 url = "sqlite://{workdir}/ferry.db"
@@ -62,18 +63,8 @@ class Ferry:
         return f"http://{self.http}/fhir"
 
     def start(self):
-        # Builds whose config requires `auth` refuse to start without it; older ones refuse it as
-        # an unknown key. Try without, and add it when the refusal names it.
-        try:
-            self._start(with_auth=False)
-        except StartError as e:
-            if "auth" not in str(e):
-                raise
-            self._start(with_auth=True)
-
-    def _start(self, with_auth: bool):
         config = self.workdir / "ferry.toml"
-        config.write_text(config_text(self.workdir, with_auth))
+        config.write_text(config_text(self.workdir))
         self.stderr_path = self.workdir / "ferry.stderr"
         with self.stderr_path.open("wb") as stderr:
             self.process = subprocess.Popen(
