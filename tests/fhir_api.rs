@@ -222,6 +222,12 @@ async fn feeds_become_fhir_resources(url: String) {
     )
     .await;
     assert_eq!(by_code["total"], 1, "{by_code}");
+    // Its date is the observations' time (OBX-14, 5 November 08:10 Berlin), not when it arrived.
+    assert_eq!(report["effectiveDateTime"], "2026-11-05T08:10:00+01:00");
+    let by_date = get_json(addr, "/fhir/DiagnosticReport?date=2026-11-05").await;
+    assert_eq!(by_date["total"], 1, "{by_date}");
+    let before = get_json(addr, "/fhir/DiagnosticReport?date=lt2026-11-05").await;
+    assert_eq!(before["total"], 0, "{before}");
 
     // A rebuild from the events yields exactly the same resources and versions.
     let before = snapshot(addr).await;

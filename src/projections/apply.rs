@@ -475,10 +475,19 @@ fn put_result(
         ResourceType::DiagnosticReport,
         report.as_str(),
     );
-    let mut all = match p.get(&key) {
-        Some(State::DiagnosticReport(current)) => current.results.clone(),
-        _ => Vec::new(),
+    let (mut all, known_effective) = match p.get(&key) {
+        Some(State::DiagnosticReport(current)) => {
+            (current.results.clone(), current.effective.clone())
+        }
+        _ => (Vec::new(), None),
     };
+    // The earliest observation time, compared as instants (the texts may have other offsets).
+    let effective = data
+        .observations
+        .iter()
+        .filter_map(|o| o.observed_at.as_ref().map(|t| t.as_str().to_owned()))
+        .chain(known_effective)
+        .min_by_key(|t| super::search::range(t).map(|r| r.0));
     for id in results {
         if !all.contains(&id) {
             all.push(id);
@@ -492,6 +501,7 @@ fn put_result(
         results: all,
         status: report_status(data.order.as_ref(), &data.observations),
         issued,
+        effective,
     };
     p.put(key, State::DiagnosticReport(state))
 }

@@ -191,8 +191,12 @@ pub struct ReportState {
     pub results: Vec<String>,
     /// FHIR DiagnosticReport.status code.
     pub status: String,
+    /// When the message was received (Ferry has no report time of its own).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issued: Option<String>,
+    /// The clinically relevant time: the earliest observation time (OBX-14) reported.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub effective: Option<String>,
 }
 
 /// Why events could not be projected. Never swallowed: the batch fails and says so.

@@ -8,9 +8,10 @@
 use std::str::FromStr;
 
 use ferry_fhir::resources::{
-    DiagnosticReport, Encounter, EncounterHospitalization, EncounterLocation, EncounterParticipant,
-    Observation, ObservationEffective, ObservationReferenceRange, ObservationValue, Patient,
-    PatientDeceased, PatientLink, Resource, ServiceRequest, ServiceRequestOccurrence,
+    DiagnosticReport, DiagnosticReportEffective, Encounter, EncounterHospitalization,
+    EncounterLocation, EncounterParticipant, Observation, ObservationEffective,
+    ObservationReferenceRange, ObservationValue, Patient, PatientDeceased, PatientLink, Resource,
+    ServiceRequest, ServiceRequestOccurrence,
 };
 use ferry_fhir::types::{
     Address, CodeableConcept, Coding, ContactPoint, HumanName, Identifier, Meta, Period, Quantity,
@@ -611,6 +612,9 @@ fn report(key: &ResourceKey, meta: Meta, s: &ReportState) -> R<DiagnosticReport>
     }
     if let Some(at) = &s.issued {
         b = b.issued(instant(key, at)?);
+    }
+    if let Some(at) = &s.effective {
+        b = b.effective(DiagnosticReportEffective::DateTime(date_time(key, at)?));
     }
     b.build().map_err(|e| render_error(key, e))
 }

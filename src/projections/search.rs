@@ -296,7 +296,8 @@ pub fn entries(state: &State) -> Vec<Entry> {
             if let Some(c) = s.order.as_ref().and_then(|o| o.code.as_ref()) {
                 out.push(code("code", c));
             }
-            if let Some(d) = s.issued.as_deref().and_then(|d| date("date", d)) {
+            let when = s.effective.as_deref().or(s.issued.as_deref());
+            if let Some(d) = when.and_then(|d| date("date", d)) {
                 out.push(d);
             }
         }

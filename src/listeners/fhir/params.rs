@@ -115,7 +115,7 @@ const ENCOUNTER: &[Param] = &[
         "date",
         Kind::Date,
         "date",
-        "Overlaps the encounter's period.",
+        "The encounter's period, by FHIR's date prefixes (eq: the period lies within the value; an ongoing encounter matches ge/gt/sa/ap, not eq).",
     ),
     p(
         "identifier",
@@ -176,7 +176,12 @@ const DIAGNOSTIC_REPORT: &[Param] = &[
         "code",
         "The report's code: the order's code (system|code).",
     ),
-    p("date", Kind::Date, "date", "When the report was issued."),
+    p(
+        "date",
+        Kind::Date,
+        "date",
+        "The report's clinically relevant time (the earliest OBX-14), else when it was received.",
+    ),
     p("status", Kind::Token, "status", "Report status."),
 ];
 
