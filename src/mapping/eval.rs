@@ -701,6 +701,8 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
                         list.push(v);
                     }
                 }
+                all.clear();
+                self.selections.push(all);
                 (!list.is_empty()).then_some(J::Array(list))
             }
             Source::First(rules) => {
@@ -839,7 +841,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         let text = if rule.transforms.is_empty() {
             text
         } else {
-            let mut out = Out::Str(text.into_owned());
+            let mut out = Out::Str(text);
             for t in &rule.transforms {
                 out = t.apply(out, self.tz).map_err(|m| {
                     let at = loc.map(|l| format!(" at {}", l.path())).unwrap_or_default();
