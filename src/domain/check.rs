@@ -72,13 +72,16 @@ impl Check {
         compile(schema, defs, 0)
     }
 
-    /// Whether the payload certainly fits; `false` also when not sure.
-    pub fn passes(&self, v: &Value) -> bool {
+    /// Whether the payload certainly fits; `false` also when not sure. When it fits, `droppable` says
+    /// whether it has an object member [`prune`](super::prune) drops.
+    pub fn passes(&self, v: &Value, droppable: &mut bool) -> bool {
         match (self, v) {
-            (Check::Object(members), Value::Object(map)) => object_passes(members, map),
-            (Check::List(item), Value::Array(items)) => items.iter().all(|x| item.passes(x)),
+            (Check::Object(members), Value::Object(map)) => object_passes(members, map, droppable),
+            (Check::List(item), Value::Array(items)) => {
+                items.iter().all(|x| item.passes(x, droppable))
+            }
             (Check::Nullable(_), Value::Null) => true,
-            (Check::Nullable(inner), _) => inner.passes(v),
+            (Check::Nullable(inner), _) => inner.passes(v, droppable),
             (Check::Text(t), Value::String(s)) => match t {
                 Text::Any => true,
                 Text::NonBlank => !s.trim().is_empty(),
@@ -98,7 +101,7 @@ impl Check {
 /// `preserve_order` is a `BTreeMap`), so each member name is compared about once, and mostly only by its
 /// length: looking each key up among the members took three times as long as the whole rest of the check.
 /// A map in another order (`preserve_order`) merely fails the walk, and the typed struct decides.
-fn object_passes(members: &[Member], map: &Map<String, Value>) -> bool {
+fn object_passes(members: &[Member], map: &Map<String, Value>, droppable: &mut bool) -> bool {
     let mut rest = members.iter();
     for (key, x) in map {
         let member = loop {
@@ -111,9 +114,10 @@ fn object_passes(members: &[Member], map: &Map<String, Value>) -> bool {
                 None => return false,
             }
         };
-        if !member.check.passes(x) {
+        if !member.check.passes(x, droppable) {
             return false;
         }
+        *droppable |= super::dropped(key, x);
     }
     rest.all(|m| !m.required)
 }
@@ -285,8 +289,14 @@ mod tests {
         assert_eq!(members.iter().filter(|m| m.required).count(), 2);
         let names: Vec<&str> = members.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["a", "b", "c", "d"]);
-        assert!(check.passes(&json!({ "a": "x", "b": "B", "c": "1980-02", "d": [true] })));
-        assert!(check.passes(&json!({ "a": null, "b": "B" })));
+        let mut droppable = false;
+        assert!(check.passes(
+            &json!({ "a": "x", "b": "B", "c": "1980-02", "d": [true] }),
+            &mut droppable
+        ));
+        assert!(!droppable);
+        assert!(check.passes(&json!({ "a": null, "b": "B", "d": [] }), &mut droppable));
+        assert!(droppable, "a null and an empty list are for prune to drop");
         for refused in [
             json!({ "b": "B" }),
             json!({ "a": "z", "b": "B" }),
@@ -296,7 +306,7 @@ mod tests {
             json!({ "a": "x", "b": "B", "e": 1 }),
             json!(["x", "B"]),
         ] {
-            assert!(!check.passes(&refused), "{refused}");
+            assert!(!check.passes(&refused, &mut false), "{refused}");
         }
     }
 
@@ -320,7 +330,7 @@ mod tests {
             "properties": { "x": { "type": "number" } },
         });
         let check = Check::compile(&nested);
-        assert!(check.passes(&json!({})));
-        assert!(!check.passes(&json!({ "x": 1 })));
+        assert!(check.passes(&json!({}), &mut false));
+        assert!(!check.passes(&json!({ "x": 1 }), &mut false));
     }
 }
