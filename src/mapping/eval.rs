@@ -318,11 +318,23 @@ fn leaf<'a>(item: Item<'a>, mut loc: Loc) -> Option<(&'a str, Cow<'a, str>, Loc)
     if v.raw().is_empty() || v.is_null() {
         return None;
     }
-    let text = v.decoded();
+    // What `decoded` gives: the raw text itself unless it holds the escape character. `decoded` looks for it
+    // with memchr, whose set-up costs more than a plain loop over the few bytes of a typical leaf (and
+    // nearly every leaf has none); long texts still go to memchr.
+    let escaped = match seps.escape {
+        Some(e) if raw.len() < 32 => raw.bytes().any(|b| b == e),
+        Some(_) => true,
+        None => false,
+    };
+    let text = if escaped {
+        v.decoded()
+    } else {
+        Cow::Borrowed(raw)
+    };
     if text.is_empty() {
         return None;
     }
-    Some((v.raw(), text, loc))
+    Some((raw, text, loc))
 }
 
 impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
