@@ -89,23 +89,8 @@ impl Transform {
                 Cow::Owned(t) if t.trim().len() == t.len() => Cow::Owned(t),
                 Cow::Owned(t) => Cow::Owned(t.trim().to_owned()),
             }),
-            // ASCII text without a letter of the other case is what `to_uppercase`/`to_lowercase` would return.
-            Transform::Upper
-                if text
-                    .bytes()
-                    .all(|b| b.is_ascii() && !b.is_ascii_lowercase()) =>
-            {
-                Out::Str(text)
-            }
-            Transform::Upper => Out::Str(Cow::Owned(text.to_uppercase())),
-            Transform::Lower
-                if text
-                    .bytes()
-                    .all(|b| b.is_ascii() && !b.is_ascii_uppercase()) =>
-            {
-                Out::Str(text)
-            }
-            Transform::Lower => Out::Str(Cow::Owned(text.to_lowercase())),
+            Transform::Upper => recase(text, u8::is_ascii_lowercase, str::to_uppercase),
+            Transform::Lower => recase(text, u8::is_ascii_uppercase, str::to_lowercase),
             Transform::Date => Out::Str(Cow::Owned(fhir_date(&text)?)),
             Transform::DateTime => Out::Str(Cow::Owned(fhir_datetime(&text, tz)?)),
             Transform::Boolean => match text.trim() {
@@ -116,6 +101,20 @@ impl Transform {
                 }
             },
         })
+    }
+}
+
+/// `convert` (to upper or lower case), or the text itself, still borrowed, when it is ASCII without a letter
+/// of the other case (`other_case`): what `convert` would return anyway.
+fn recase<'t>(
+    text: Cow<'t, str>,
+    other_case: fn(&u8) -> bool,
+    convert: fn(&str) -> String,
+) -> Out<'t> {
+    if text.bytes().all(|b| b.is_ascii() && !other_case(&b)) {
+        Out::Str(text)
+    } else {
+        Out::Str(Cow::Owned(convert(&text)))
     }
 }
 
