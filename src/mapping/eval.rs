@@ -1080,3 +1080,48 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hl7::Separators;
+
+    /// The cached split must give exactly what `Value::component` gives: fields (first repetition only),
+    /// repetitions, empty and trailing components, more components than the cache holds, and values split
+    /// one after the other.
+    #[test]
+    fn components_agree_with_value_component() {
+        let many = (1..=20)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join("^");
+        let texts = [
+            "",
+            "a",
+            "a^b^c",
+            "^^^x^",
+            "a^b~c^d^e",
+            "~x^y",
+            "a&b^c&d",
+            many.as_str(),
+            "1^2^3^4^5^6^7^8^9^10^11^12^13^14^15^16",
+            "1^2^3^4^5^6^7^8^9^10^11^12^13^14^15^16^17",
+        ];
+        let mut cache = Components::new();
+        for level in [
+            Level::Field,
+            Level::Repetition,
+            Level::Component,
+            Level::Leaf,
+        ] {
+            for text in texts {
+                let v = Value::new(text, Separators::default(), level);
+                for n in 0..=22 {
+                    let want = v.component(n).map(|c| (c.raw(), c.level()));
+                    let got = cache.component(v, n).map(|c| (c.raw(), c.level()));
+                    assert_eq!(got, want, "{level:?} {text:?} component {n}");
+                }
+            }
+        }
+    }
+}
