@@ -7,6 +7,7 @@
 //! struct ([`normalize_payload`]) before it is stored, so what is in the store always matches the
 //! catalogue (`mappings/README.md` documents it; [`payload_schema`] is its JSON Schema).
 
+mod check;
 pub mod model;
 
 use serde::{Deserialize, Serialize};
@@ -267,17 +268,27 @@ pub enum DomainError {
 
 fn normalize<T: serde::de::DeserializeOwned>(
     event: &str,
+    check: &check::Check,
     mut payload: Value,
 ) -> Result<Value, DomainError> {
     // The typed struct only checks: deserialising from a borrowed `Value` validates without moving the
     // payload, and `prune` then gives the canonical form the typed round trip (`Value` → `T` → `Value`)
     // would give, without rebuilding every string and map (the round trip was a quarter of the mapping
-    // cost). `prune_equals_the_typed_round_trip` pins the two together.
-    T::deserialize(&payload).map_err(|e| DomainError::Invalid {
-        event: event.to_owned(),
-        message: e.to_string(),
-    })?;
-    prune(&mut payload);
+    // cost). `prune_equals_the_typed_round_trip` pins the two together. Before that, the allocation-free
+    // walk of `check.rs` accepts what certainly fits, and notes on the way whether there is anything to
+    // prune (mapped payloads seldom have: walking them again for nothing was a third of the check); only
+    // the rest is deserialised, which decides and says what is wrong.
+    let mut droppable = false;
+    if !check.passes(&payload, &mut droppable) {
+        T::deserialize(&payload).map_err(|e| DomainError::Invalid {
+            event: event.to_owned(),
+            message: e.to_string(),
+        })?;
+        droppable = true;
+    }
+    if droppable {
+        prune(&mut payload);
+    }
     Ok(payload)
 }
 
@@ -294,11 +305,6 @@ fn normalize<T: serde::de::DeserializeOwned>(
 /// holds a number, empty objects stay (a `Some` of an all-default struct serialises as `{}`), and maps are
 /// ordered by key either way (serde_json without `preserve_order`).
 fn prune(v: &mut Value) {
-    let dropped = |k: &str, x: &Value| {
-        x.is_null()
-            || matches!(x, Value::Array(a) if a.is_empty())
-            || (k == "deceased" && *x == Value::Bool(false))
-    };
     match v {
         Value::Object(map) => {
             let mut any = false;
@@ -316,17 +322,44 @@ fn prune(v: &mut Value) {
     }
 }
 
+/// Whether `prune` drops the object member `k: x`.
+fn dropped(k: &str, x: &Value) -> bool {
+    x.is_null()
+        || matches!(x, Value::Array(a) if a.is_empty())
+        || (k == "deceased" && *x == Value::Bool(false))
+}
+
 /// Checks a payload against its event type's struct (required fields, enums, date formats, no unknown
 /// fields) and returns it in canonical form (empty lists and absent options dropped).
 pub fn normalize_payload(event: &str, payload: Value) -> Result<Value, DomainError> {
-    let spec = event_spec(event).ok_or_else(|| DomainError::UnknownEvent(event.to_owned()))?;
+    let index = CATALOGUE
+        .iter()
+        .position(|s| s.name == event)
+        .ok_or_else(|| DomainError::UnknownEvent(event.to_owned()))?;
+    let spec = &CATALOGUE[index];
+    let check = &checks()[index];
     match spec.payload {
-        PayloadKind::Patient => normalize::<PatientPayload>(event, payload),
-        PayloadKind::Encounter => normalize::<EncounterPayload>(event, payload),
-        PayloadKind::Merge => normalize::<MergePayload>(event, payload),
-        PayloadKind::Order => normalize::<OrderPayload>(event, payload),
-        PayloadKind::Result => normalize::<ResultPayload>(event, payload),
+        PayloadKind::Patient => normalize::<PatientPayload>(event, check, payload),
+        PayloadKind::Encounter => normalize::<EncounterPayload>(event, check, payload),
+        PayloadKind::Merge => normalize::<MergePayload>(event, check, payload),
+        PayloadKind::Order => normalize::<OrderPayload>(event, check, payload),
+        PayloadKind::Result => normalize::<ResultPayload>(event, check, payload),
     }
+}
+
+/// The fast check of every event type's payload, in catalogue order, compiled once from its schema.
+fn checks() -> &'static [check::Check] {
+    static CHECKS: std::sync::OnceLock<Vec<check::Check>> = std::sync::OnceLock::new();
+    CHECKS.get_or_init(|| {
+        CATALOGUE
+            .iter()
+            .map(|spec| {
+                schemas()
+                    .get(spec.name)
+                    .map_or(check::Check::Unknown, check::Check::compile)
+            })
+            .collect()
+    })
 }
 
 /// The JSON Schema (draft 2020-12) of an event type's payload.
@@ -656,6 +689,29 @@ mod tests {
 
     #[test]
     fn prune_equals_the_typed_round_trip() {
+        let payloads = sample_payloads();
+        // Why `prune` may drop every `null`: only `Option` fields accept one.
+        for refused in [
+            json!({ "patient": { "telecoms": null } }),
+            json!({ "patient": { "deceased": null } }),
+            json!({ "patient": { "names": [null] } }),
+            json!({ "patient": null }),
+        ] {
+            assert!(
+                normalize_payload("PatientUpdated", refused.clone()).is_err(),
+                "{refused}"
+            );
+        }
+        for (event, payload) in payloads {
+            let expected = round_trip_for(event, &payload).expect(event);
+            let pruned = normalize_payload(event, payload.clone()).unwrap();
+            assert_eq!(pruned, expected, "{event}: {payload}");
+        }
+    }
+
+    /// Valid payloads of every kind: hand-made ones with what `prune` drops, and every example's expected
+    /// payload, as the shipped mappings produce them.
+    fn sample_payloads() -> Vec<(&'static str, Value)> {
         let mut payloads = vec![
             (
                 "PatientAdmitted",
@@ -704,23 +760,90 @@ mod tests {
             payloads.extend(found);
         }
         assert!(payloads.len() > 10, "the examples hold events");
-        // Why `prune` may drop every `null`: only `Option` fields accept one.
-        for refused in [
-            json!({ "patient": { "telecoms": null } }),
-            json!({ "patient": { "deceased": null } }),
-            json!({ "patient": { "names": [null] } }),
-            json!({ "patient": null }),
-        ] {
-            assert!(
-                normalize_payload("PatientUpdated", refused.clone()).is_err(),
-                "{refused}"
-            );
+        payloads
+    }
+
+    /// The fast check may only ever be stricter than the typed struct: it passes every valid sample (else
+    /// it would save nothing), and of the samples broken in every place it knows of (each value replaced
+    /// by the wrong type, an empty, blank or impossible text, an unknown enum name; each field removed; an
+    /// unknown field added to each object), it passes none the struct refuses.
+    #[test]
+    fn fast_check_never_accepts_what_the_typed_struct_refuses() {
+        let replacements = [
+            json!(null),
+            json!(""),
+            json!(" "),
+            json!("x"),
+            json!("1980-13"),
+            json!("2026-11-03T14:30:00"),
+            json!(true),
+            json!(1),
+            json!([]),
+            json!(["x"]),
+            json!([{}]),
+            json!({}),
+        ];
+        let mut broken = 0;
+        for (event, payload) in sample_payloads() {
+            let index = CATALOGUE.iter().position(|s| s.name == event).unwrap();
+            let check = &checks()[index];
+            assert!(check.passes(&payload, &mut false), "{event}: {payload}");
+            let mut variants = Vec::new();
+            let all = pointers(&payload, String::new());
+            for pointer in std::iter::once(String::new()).chain(all.iter().cloned()) {
+                let mut v = payload.clone();
+                if let Some(Value::Object(m)) = v.pointer_mut(&pointer) {
+                    m.insert("zz".to_owned(), json!("x"));
+                    variants.push(v);
+                }
+            }
+            for pointer in all {
+                for r in &replacements {
+                    let mut v = payload.clone();
+                    *v.pointer_mut(&pointer).unwrap() = r.clone();
+                    variants.push(v);
+                }
+                let mut v = payload.clone();
+                if let Some((parent, key)) = pointer.rsplit_once('/')
+                    && let Some(Value::Object(m)) = v.pointer_mut(parent)
+                {
+                    m.remove(key);
+                    variants.push(v);
+                }
+            }
+            for variant in variants {
+                let typed = round_trip_for(event, &variant).is_some();
+                assert!(
+                    typed || !check.passes(&variant, &mut false),
+                    "{event}: {variant}"
+                );
+                broken += usize::from(!typed);
+            }
         }
-        for (event, payload) in payloads {
-            let expected = round_trip_for(event, &payload).expect(event);
-            let pruned = normalize_payload(event, payload.clone()).unwrap();
-            assert_eq!(pruned, expected, "{event}: {payload}");
+        assert!(broken > 1000, "only {broken} refused variants");
+    }
+
+    /// JSON pointers of every value below the root.
+    fn pointers(v: &Value, at: String) -> Vec<String> {
+        let mut out = Vec::new();
+        match v {
+            Value::Object(m) => {
+                for (k, x) in m {
+                    let p = format!("{at}/{k}");
+                    out.push(p.clone());
+                    out.extend(pointers(x, p));
+                }
+            }
+            Value::Array(a) => {
+                for (i, x) in a.iter().enumerate() {
+                    let p = format!("{at}/{i}");
+                    out.push(p.clone());
+                    out.extend(pointers(x, p));
+                }
+            }
+            _ => {}
         }
+        out
     }
 
     /// `{"event": …, "payload": …}` objects anywhere in an example file.

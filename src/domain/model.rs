@@ -319,7 +319,8 @@ pub struct FhirDateTime(String);
 const DATE_PATTERN: &str = r"^\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01]))?)?$";
 const DATE_TIME_PATTERN: &str = r"^\d{4}(-(0[1-9]|1[0-2])(-(0[1-9]|[12]\d|3[01])(T([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d{1,9})?(Z|[+-]((0\d|1[0-3]):[0-5]\d|14:00)))?)?)?$";
 
-fn valid_date(s: &str) -> bool {
+/// The check of [`FhirDate`]'s `TryFrom`, also used by the payload fast check (`check.rs`).
+pub(super) fn valid_date(s: &str) -> bool {
     let b = s.as_bytes();
     let digits = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_digit);
     let num = |r: std::ops::Range<usize>| -> u32 {
@@ -343,7 +344,8 @@ fn valid_date(s: &str) -> bool {
     }
 }
 
-fn valid_date_time(s: &str) -> bool {
+/// The check of [`FhirDateTime`]'s `TryFrom`, also used by the payload fast check (`check.rs`).
+pub(super) fn valid_date_time(s: &str) -> bool {
     if s.len() <= 10 {
         return valid_date(s);
     }

@@ -10,6 +10,7 @@
 //! for one version working for the other. Empty values and HL7's null `""` are absent.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use serde_json::{Map, Value as J};
 
@@ -21,17 +22,29 @@ use super::transform::Out;
 use super::{Explanation, MapError, MapErrorCode, MappedEvent};
 
 /// Where a value is (or would be). Segment IDs are always three ASCII characters, so the location is `Copy` and
-/// costs no allocation until an error or an explanation needs it as text.
+/// costs no allocation until an error or an explanation needs it as text. The numbers are `u32`: every selected
+/// value carries its location through several calls, and at half the size (44 bytes) the copies cost
+/// noticeably less; no frame holds 4 billion of anything (larger numbers would saturate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Loc {
     id: [u8; 3],
-    occurrence: usize,
+    occurrence: u32,
     /// 1-based among all segments; 0 when the segment is not in the message.
-    position: usize,
-    field: Option<usize>,
-    rep: Option<usize>,
-    comp: Option<usize>,
-    sub: Option<usize>,
+    position: u32,
+    field: Option<u32>,
+    rep: Option<u32>,
+    comp: Option<u32>,
+    sub: Option<u32>,
+}
+
+/// A position or count as stored in a [`Loc`].
+fn n32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A [`Loc`] number as the HL7 module's [`Location`] holds it.
+fn wide(n: u32) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
 }
 
 impl Loc {
@@ -43,8 +56,8 @@ impl Loc {
         }
         Loc {
             id: arr,
-            occurrence,
-            position,
+            occurrence: n32(occurrence),
+            position: n32(position),
             field: None,
             rep: None,
             comp: None,
@@ -61,12 +74,12 @@ impl Loc {
     pub fn location(&self) -> Location {
         Location {
             segment: self.id().to_string(),
-            occurrence: self.occurrence,
-            position: self.position,
-            field: self.field,
-            repetition: self.rep.or(self.comp.map(|_| 1)),
-            component: self.comp,
-            subcomponent: self.sub,
+            occurrence: wide(self.occurrence),
+            position: wide(self.position),
+            field: self.field.map(wide),
+            repetition: self.rep.or(self.comp.map(|_| 1)).map(wide),
+            component: self.comp.map(wide),
+            subcomponent: self.sub.map(wide),
         }
     }
 
@@ -93,6 +106,7 @@ impl Loc {
 
     /// One level down from a value at `level`.
     fn down(mut self, level: Level, n: usize) -> Loc {
+        let n = n32(n);
         match level {
             Level::Field => {
                 self.rep = self.rep.or(Some(1));
@@ -166,6 +180,94 @@ pub(crate) struct Eval<'s, 'm, 'a> {
     /// Output field names down to the rule being evaluated, kept also when not explaining, so that an
     /// error can say which output field it was building (`patient.identifiers`).
     names: Vec<&'s str>,
+    /// The components of the field or repetition split last (see [`Components`]).
+    split: RefCell<Components>,
+    /// Emptied lists for `each` and `pick` to select into, kept for the next one: a list per rule was a good
+    /// part of the allocations of a message. A stack, because an `each` item's rules may hold an `each` too.
+    selections: Vec<Vec<(Item<'a>, Loc)>>,
+}
+
+/// Where the components of one field (its first repetition) or repetition end, so that the rules of a datatype
+/// (`.1`, `.4.1`, `.5`, `.6.1`, …), which all read the same value one after the other, find each component
+/// without scanning the value from its start again: `Value::component` does, and that was the largest
+/// single cost of mapping a message. Only the last value split is kept, which is the one a datatype's
+/// rules keep asking for.
+struct Components {
+    /// The value split: where its text is and how long (the text itself is borrowed from the message, so
+    /// the same place and length mean the same text), and its level. `usize::MAX` before the first split.
+    at: (usize, usize, Level),
+    /// How many components the value has, when at most [`MAX_COMPONENTS`]; `None` when more.
+    count: Option<usize>,
+    /// The end of each component in the value's text (it starts one past the previous end).
+    ends: [usize; MAX_COMPONENTS],
+}
+
+/// More components than datatypes read (XTN-12, CWE-9) are looked up the slow way.
+const MAX_COMPONENTS: usize = 16;
+
+impl Components {
+    fn new() -> Self {
+        Components {
+            at: (usize::MAX, 0, Level::Leaf),
+            count: None,
+            ends: [0; MAX_COMPONENTS],
+        }
+    }
+
+    /// Component `n` (1-based) of a field or repetition, as `v.component(n)` gives it.
+    fn component<'a>(&mut self, v: Value<'a>, n: usize) -> Option<Value<'a>> {
+        let level = v.level();
+        if !matches!(level, Level::Field | Level::Repetition) || n == 0 {
+            return v.component(n);
+        }
+        let raw = v.raw();
+        let at = (raw.as_ptr() as usize, raw.len(), level);
+        if self.at != at {
+            self.split(raw, level, v.separators());
+            self.at = at;
+        }
+        let count = self.count.unwrap_or(MAX_COMPONENTS);
+        if n > count {
+            return if self.count.is_some() {
+                None
+            } else {
+                v.component(n)
+            };
+        }
+        let start = if n == 1 { 0 } else { self.ends[n - 2] + 1 };
+        // The ends fall before ASCII separators, so the slice is on character boundaries.
+        let text = raw.get(start..self.ends[n - 1]).unwrap_or("");
+        Some(Value::new(text, v.separators(), Level::Component))
+    }
+
+    /// A field's components are those of its first repetition.
+    fn split(&mut self, raw: &str, level: Level, seps: crate::hl7::Separators) {
+        let bytes = raw.as_bytes();
+        let end = match level {
+            Level::Field => bytes
+                .iter()
+                .position(|&b| b == seps.repetition)
+                .unwrap_or(bytes.len()),
+            _ => bytes.len(),
+        };
+        let mut count = 0;
+        for (i, &b) in bytes[..end].iter().enumerate() {
+            if b == seps.component {
+                if count == MAX_COMPONENTS {
+                    self.count = None;
+                    return;
+                }
+                self.ends[count] = i;
+                count += 1;
+            }
+        }
+        if count == MAX_COMPONENTS {
+            self.count = None;
+            return;
+        }
+        self.ends[count] = end;
+        self.count = Some(count + 1);
+    }
 }
 
 /// A segment ID as bytes; `None` when it is not three bytes long (and so matches no segment).
@@ -216,11 +318,23 @@ fn leaf<'a>(item: Item<'a>, mut loc: Loc) -> Option<(&'a str, Cow<'a, str>, Loc)
     if v.raw().is_empty() || v.is_null() {
         return None;
     }
-    let text = v.decoded();
+    // What `decoded` gives: the raw text itself unless it holds the escape character. `decoded` looks for it
+    // with memchr, whose set-up costs more than a plain loop over the few bytes of a typical leaf (and
+    // nearly every leaf has none); long texts still go to memchr.
+    let escaped = match seps.escape {
+        Some(e) if raw.len() < 32 => raw.bytes().any(|b| b == e),
+        Some(_) => true,
+        None => false,
+    };
+    let text = if escaped {
+        v.decoded()
+    } else {
+        Cow::Borrowed(raw)
+    };
     if text.is_empty() {
         return None;
     }
-    Some((v.raw(), text, loc))
+    Some((raw, text, loc))
 }
 
 impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
@@ -245,6 +359,8 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
             out: String::new(),
             rules: Vec::new(),
             names: Vec::new(),
+            split: RefCell::new(Components::new()),
+            selections: Vec::new(),
         }
     }
 
@@ -388,7 +504,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
                     return;
                 };
                 let mut floc = loc;
-                floc.field = Some(n);
+                floc.field = Some(n32(n));
                 let value = field.value();
                 if rest[0].is_none() && index == Index::Default {
                     out.put((Item::Val(value), floc));
@@ -396,7 +512,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
                 }
                 let emit = |r: usize, rep: Value<'a>, out: &mut S| {
                     let mut rloc = floc;
-                    rloc.rep = Some(r);
+                    rloc.rep = Some(n32(r));
                     self.descend(
                         Item::Val(rep),
                         rloc,
@@ -436,7 +552,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
                         Some(rep) => (
                             rep,
                             Loc {
-                                rep: Some(r),
+                                rep: Some(n32(r)),
                                 ..loc
                             },
                         ),
@@ -447,7 +563,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
                 let next = match v.level() {
                     Level::Leaf if n == 1 => Some(v),
                     Level::Leaf => None,
-                    _ => v.component(n),
+                    _ => self.split.borrow_mut().component(v, n),
                 };
                 if let Some(c) = next {
                     let cloc = loc.down(v.level(), n);
@@ -507,13 +623,13 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         let steps = [path.field, path.component, path.subcomponent];
         match level {
             None => {
-                loc.field = path.field.or(loc.field);
+                loc.field = path.field.map(n32).or(loc.field);
                 loc.rep = match path.repetition {
-                    Index::Nth(r) => Some(r),
+                    Index::Nth(r) => Some(n32(r)),
                     _ => None,
                 };
-                loc.comp = path.component;
-                loc.sub = path.subcomponent;
+                loc.comp = path.component.map(n32);
+                loc.sub = path.subcomponent.map(n32);
             }
             Some(mut level) => {
                 for n in steps.into_iter().flatten() {
@@ -662,11 +778,13 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
                 None => None,
             },
             Source::Pick { path, conditions } => {
-                let mut all = Vec::new();
+                let mut all = self.selections.pop().unwrap_or_default();
                 self.select(scope, path, false, &mut all);
                 let found = all
-                    .into_iter()
+                    .drain(..)
                     .find(|(item, loc)| self.matches(*item, *loc, conditions));
+                all.clear();
+                self.selections.push(all);
                 match found {
                     Some((item, loc)) => self.item(rule, item, loc)?,
                     None => None,
@@ -677,7 +795,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
                 filter,
                 prefer,
             } => {
-                let mut all = Vec::new();
+                let mut all = self.selections.pop().unwrap_or_default();
                 for p in paths {
                     self.select(scope, p, false, &mut all);
                 }
@@ -688,8 +806,8 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
                     // A stable sort: preferred items first, the rest in message order.
                     all.sort_by_key(|(item, loc)| !self.matches(*item, *loc, prefer));
                 }
-                let mut list = Vec::new();
-                for (item, loc) in all {
+                let mut list = Vec::with_capacity(all.len());
+                for &(item, loc) in &all {
                     let len = if self.explain.is_some() {
                         self.push_out(&format!("[{}]", list.len()))
                     } else {
@@ -701,6 +819,8 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
                         list.push(v);
                     }
                 }
+                all.clear();
+                self.selections.push(all);
                 (!list.is_empty()).then_some(J::Array(list))
             }
             Source::First(rules) => {
@@ -839,7 +959,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         let text = if rule.transforms.is_empty() {
             text
         } else {
-            let mut out = Out::Str(text.into_owned());
+            let mut out = Out::Str(text);
             for t in &rule.transforms {
                 out = t.apply(out, self.tz).map_err(|m| {
                     let at = loc.map(|l| format!(" at {}", l.path())).unwrap_or_default();
@@ -852,7 +972,7 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
             }
             match out {
                 Out::Bool(b) => return Ok(Some(J::Bool(b))),
-                Out::Str(s) => Cow::Owned(s),
+                Out::Str(s) => s,
             }
         };
         if text.is_empty() {
@@ -958,5 +1078,50 @@ impl<'s, 'm, 'a> Eval<'s, 'm, 'a> {
         }
         self.group = None;
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hl7::Separators;
+
+    /// The cached split must give exactly what `Value::component` gives: fields (first repetition only),
+    /// repetitions, empty and trailing components, more components than the cache holds, and values split
+    /// one after the other.
+    #[test]
+    fn components_agree_with_value_component() {
+        let many = (1..=20)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join("^");
+        let texts = [
+            "",
+            "a",
+            "a^b^c",
+            "^^^x^",
+            "a^b~c^d^e",
+            "~x^y",
+            "a&b^c&d",
+            many.as_str(),
+            "1^2^3^4^5^6^7^8^9^10^11^12^13^14^15^16",
+            "1^2^3^4^5^6^7^8^9^10^11^12^13^14^15^16^17",
+        ];
+        let mut cache = Components::new();
+        for level in [
+            Level::Field,
+            Level::Repetition,
+            Level::Component,
+            Level::Leaf,
+        ] {
+            for text in texts {
+                let v = Value::new(text, Separators::default(), level);
+                for n in 0..=22 {
+                    let want = v.component(n).map(|c| (c.raw(), c.level()));
+                    let got = cache.component(v, n).map(|c| (c.raw(), c.level()));
+                    assert_eq!(got, want, "{level:?} {text:?} component {n}");
+                }
+            }
+        }
     }
 }

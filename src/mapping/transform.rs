@@ -9,6 +9,8 @@
 //! `/usr/share/zoneinfo` as on a developer's machine. `time` (already a dependency) has no IANA zones, and
 //! `chrono-tz` would bring in chrono next to it; jiff alone does both the civil arithmetic and the zones.
 
+use std::borrow::Cow;
+
 use jiff::civil::{Date, DateTime};
 use jiff::tz::TimeZone;
 
@@ -31,10 +33,12 @@ pub enum Transform {
     Boolean,
 }
 
-/// What a transform produced: text, or a boolean (only from `boolean`).
+/// What a transform produced: text, or a boolean (only from `boolean`). The text stays borrowed from the
+/// message while no transform had to change it: most trimmed or upper-cased codes already were, and are then
+/// only looked up in a table.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Out {
-    Str(String),
+pub enum Out<'t> {
+    Str(Cow<'t, str>),
     Bool(bool),
 }
 
@@ -69,7 +73,7 @@ impl Transform {
     }
 
     /// Applies the transform. `Err` is a plain sentence saying what was expected (for ERR-8).
-    pub fn apply(self, value: Out, tz: &TimeZone) -> Result<Out, String> {
+    pub fn apply<'t>(self, value: Out<'t>, tz: &TimeZone) -> Result<Out<'t>, String> {
         let text = match value {
             Out::Str(s) => s,
             Out::Bool(b) => {
@@ -80,11 +84,15 @@ impl Transform {
             }
         };
         Ok(match self {
-            Transform::Trim => Out::Str(text.trim().to_string()),
-            Transform::Upper => Out::Str(text.to_uppercase()),
-            Transform::Lower => Out::Str(text.to_lowercase()),
-            Transform::Date => Out::Str(fhir_date(&text)?),
-            Transform::DateTime => Out::Str(fhir_datetime(&text, tz)?),
+            Transform::Trim => Out::Str(match text {
+                Cow::Borrowed(t) => Cow::Borrowed(t.trim()),
+                Cow::Owned(t) if t.trim().len() == t.len() => Cow::Owned(t),
+                Cow::Owned(t) => Cow::Owned(t.trim().to_owned()),
+            }),
+            Transform::Upper => recase(text, u8::is_ascii_lowercase, str::to_uppercase),
+            Transform::Lower => recase(text, u8::is_ascii_uppercase, str::to_lowercase),
+            Transform::Date => Out::Str(Cow::Owned(fhir_date(&text)?)),
+            Transform::DateTime => Out::Str(Cow::Owned(fhir_datetime(&text, tz)?)),
             Transform::Boolean => match text.trim() {
                 "Y" | "y" => Out::Bool(true),
                 "N" | "n" => Out::Bool(false),
@@ -93,6 +101,20 @@ impl Transform {
                 }
             },
         })
+    }
+}
+
+/// `convert` (to upper or lower case), or the text itself, still borrowed, when it is ASCII without a letter
+/// of the other case (`other_case`): what `convert` would return anyway.
+fn recase<'t>(
+    text: Cow<'t, str>,
+    other_case: fn(&u8) -> bool,
+    convert: fn(&str) -> String,
+) -> Out<'t> {
+    if text.bytes().all(|b| b.is_ascii() && !other_case(&b)) {
+        Out::Str(text)
+    } else {
+        Out::Str(Cow::Owned(convert(&text)))
     }
 }
 
@@ -196,10 +218,16 @@ fn push_padded(s: &mut String, n: i32, width: u32) {
         let _ = write!(s, "{n:0w$}", w = width as usize);
         return;
     }
-    for i in (0..width).rev() {
-        let digit = (n / 10_i32.pow(i)) % 10;
-        s.push(char::from(b'0' + digit as u8));
+    // Digits from the last, into a buffer: one division by the constant 10 per digit (a power per digit
+    // cost more than the rest of formatting a time).
+    let mut digits = [b'0'; 10];
+    let width = (width as usize).min(digits.len());
+    let mut rest = n;
+    for d in digits[..width].iter_mut().rev() {
+        *d = b'0' + (rest % 10) as u8;
+        rest /= 10;
     }
+    s.push_str(std::str::from_utf8(&digits[..width]).unwrap_or(""));
 }
 
 fn push_date_part(s: &mut String, t: &Hl7Time<'_>) {
@@ -356,11 +384,15 @@ mod tests {
     #[test]
     fn text_transforms_and_boolean() {
         let tz = zurich();
-        let s = |v: &str| Out::Str(v.to_string());
+        let s = |v: &str| Out::Str(Cow::Owned(v.to_string()));
         let cases: &[(Transform, &str, Out)] = &[
             (Transform::Trim, "  a b ", s("a b")),
+            (Transform::Trim, "a b", s("a b")),
             (Transform::Upper, "müller", s("MÜLLER")),
+            (Transform::Upper, "HOME 1", s("HOME 1")),
+            (Transform::Upper, "Home", s("HOME")),
             (Transform::Lower, "ÄB", s("äb")),
+            (Transform::Lower, "ab-1", s("ab-1")),
             (Transform::Boolean, "Y", Out::Bool(true)),
             (Transform::Boolean, "n", Out::Bool(false)),
             (Transform::Date, "19700101", s("1970-01-01")),
