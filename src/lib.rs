@@ -11,7 +11,7 @@
 //! | decode bytes → text by MSH-18 | `src/hl7/decode.rs` |
 //! | parse (zero-copy), escapes, paths | `src/hl7/parse.rs`, `src/hl7/escape.rs`, `src/hl7/path.rs` |
 //! | ACK building | `src/hl7/ack.rs` |
-//! | domain events (catalogue, payload types, stream ids) | `src/domain/mod.rs`, `src/domain/model.rs` |
+//! | domain events (catalogue, payload types, payload check, stream ids) | `src/domain/mod.rs`, `src/domain/model.rs`, `src/domain/check.rs` |
 //! | mapping: HL7 v2 → domain events (YAML rules, checks, explain, examples) | `src/mapping/mod.rs` (loader `load.rs`, evaluator `eval.rs`) |
 //! | hot reload of the mapping folder | `src/reload.rs` |
 //! | ingest: validate → map → commit → ACK | `src/pipeline.rs` |

@@ -461,11 +461,20 @@ pub(super) async fn search(
     query: &SearchQuery,
 ) -> Result<SearchPage, StoreError> {
     let backend = reader.backend();
-    let total = reader.count(count_sql(backend, tenant, query)).await?;
-    let resources = if query.count == 0 || total == 0 {
-        Vec::new()
+    if query.count == 0 {
+        let total = reader.count(count_sql(backend, tenant, query)).await?;
+        return Ok(SearchPage {
+            total,
+            resources: Vec::new(),
+        });
+    }
+    let resources = reader.resources(page_sql(backend, tenant, query)).await?;
+    // A first page that is not full holds every match: its length is the total, and the count
+    // query (as costly as the search itself) is skipped. Most searches by identifier end here.
+    let total = if query.offset == 0 && resources.len() < query.count {
+        resources.len() as i64
     } else {
-        reader.resources(page_sql(backend, tenant, query)).await?
+        reader.count(count_sql(backend, tenant, query)).await?
     };
     Ok(SearchPage { total, resources })
 }

@@ -212,6 +212,18 @@ pub struct NewEvent {
     pub metadata: serde_json::Value,
 }
 
+impl NewEvent {
+    /// The event as the projections see it, for `tenant`.
+    pub fn view<'a>(&'a self, tenant: &'a str) -> crate::projections::EventView<'a> {
+        crate::projections::EventView {
+            tenant,
+            event_type: &self.event_type,
+            payload: &self.payload,
+            metadata: &self.metadata,
+        }
+    }
+}
+
 /// An event as stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RecordedEvent {

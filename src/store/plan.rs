@@ -176,12 +176,7 @@ pub(crate) struct PlannedEvent<'a> {
 impl<'a> PlannedEvent<'a> {
     /// The event as the projections see it.
     pub(crate) fn view(&self) -> crate::projections::EventView<'a> {
-        crate::projections::EventView {
-            tenant: self.hospital_id,
-            event_type: &self.event.event_type,
-            payload: &self.event.payload,
-            metadata: &self.event.metadata,
-        }
+        self.event.view(self.hospital_id)
     }
 }
 

@@ -215,7 +215,7 @@ impl From<sqlx::Error> for BatchError {
 /// The lookups (skipped when `look_up` is false), then the one statement that writes (and
 /// commits) the batch.
 async fn write_batch(
-    tx: &mut PgConnection,
+    conn: &mut PgConnection,
     batch: &[IngestWrite],
     look_up: bool,
 ) -> Result<Vec<IngestOutcome>, BatchError> {
@@ -227,74 +227,99 @@ async fn write_batch(
     let existing = if keys.is_empty() || !look_up {
         Vec::new()
     } else {
-        lookup_idempotency(tx, &keys).await?
+        lookup_idempotency(conn, &keys).await?
     };
     let outcomes = plan::dedup(batch, &existing);
-
-    let streams = plan::touched_streams(batch, &outcomes);
-    let current = if streams.is_empty() {
-        HashMap::new()
-    } else {
-        lookup_versions(tx, &streams).await?
-    };
-    let events = plan::assign_versions(batch, &outcomes, &current)?;
-
     let stored: Vec<&IngestWrite> = batch
         .iter()
         .zip(&outcomes)
         .filter(|(_, o)| matches!(o, IngestOutcome::Stored))
         .map(|(w, _)| w)
         .collect();
-    let records: Vec<&IdempotencyRecord> = stored
-        .iter()
-        .filter_map(|w| w.idempotency.as_ref())
-        .collect();
-
     if stored.is_empty() {
         // All duplicates: nothing to write.
         return Ok(outcomes);
     }
+    let views: Vec<EventView<'_>> = stored
+        .iter()
+        .flat_map(|w| w.events.iter().map(|e| e.view(&w.inbound.hospital_id)))
+        .collect();
     let at = super::commit_time();
-    let query = bind_batch(sqlx::query(INSERT_BATCH), &stored, &records, &events)?
+    if !views
+        .iter()
+        .any(|v| crate::domain::event_spec(v.event_type).is_some())
+    {
+        // No event the read models know: one statement, its own transaction.
+        return insert_batch(conn, batch, &outcomes, &stored, at).await;
+    }
+    // Events that update the read models: one transaction that first locks the resources they
+    // touch, so instances fold events into one resource one at a time, in commit order. The
+    // stream versions are read after the locks: a writer of the same patient's streams waited for
+    // them, so its appends are already visible and do not collide with ours.
+    let mut tx = conn.begin().await?;
+    let result = async {
+        postgres_fhir::project(&mut tx, &views, at)
+            .await
+            .map_err(|e| match e {
+                StoreError::Database(err) => classify(err, &[]),
+                other => other.into(),
+            })?;
+        insert_batch(&mut tx, batch, &outcomes, &stored, at).await
+    }
+    .await;
+    match result {
+        Ok(outcomes) => {
+            tx.commit().await.map_err(|e| classify(e, &[]))?;
+            Ok(outcomes)
+        }
+        Err(e) => {
+            let _ = tx.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+/// Reads the stream versions, assigns the new ones and writes the batch with [`INSERT_BATCH`].
+async fn insert_batch(
+    conn: &mut PgConnection,
+    batch: &[IngestWrite],
+    outcomes: &[IngestOutcome],
+    stored: &[&IngestWrite],
+    at: OffsetDateTime,
+) -> Result<Vec<IngestOutcome>, BatchError> {
+    let streams = plan::touched_streams(batch, outcomes);
+    let current = if streams.is_empty() {
+        HashMap::new()
+    } else {
+        lookup_versions(conn, &streams).await?
+    };
+    let events = plan::assign_versions(batch, outcomes, &current)?;
+    let records: Vec<&IdempotencyRecord> = stored
+        .iter()
+        .filter_map(|w| w.idempotency.as_ref())
+        .collect();
+    let query = bind_batch(sqlx::query(INSERT_BATCH), stored, &records, &events)?
         .bind(records.len() as i64)
         .bind(at);
-    let classify = |err: sqlx::Error| -> BatchError {
-        if is_idempotency_race(&err) {
-            StoreError::IdempotencyRace.into()
-        } else if is_event_conflict(&err) {
-            BatchError::ConcurrentAppend(err, first_per_stream(&events))
-        } else if postgres_fhir::is_contention(&err) {
-            StoreError::Contention.into()
-        } else {
-            err.into()
-        }
-    };
-    if events.is_empty() {
-        // fetch_one reads the response up to ReadyForQuery, i.e. past the commit of this
-        // statement's implicit transaction: Ok here means durable.
-        return match query.fetch_one(&mut *tx).await {
-            Ok(_) => Ok(outcomes),
-            Err(err) => Err(classify(err)),
-        };
+    // fetch_one reads the response up to ReadyForQuery: outside a transaction that is past the
+    // commit of this statement's own, i.e. durable.
+    match query.fetch_one(&mut *conn).await {
+        Ok(_) => Ok(outcomes.to_vec()),
+        Err(err) => Err(classify(err, &events)),
     }
-    // Events also update the read models: one transaction that first locks the resources they
-    // touch (so instances fold events into one resource one at a time, in commit order), then
-    // inserts the batch and writes the resources.
-    let mut transaction = tx.begin().await?;
-    let views: Vec<EventView<'_>> = events.iter().map(PlannedEvent::view).collect();
-    if let Err(e) = postgres_fhir::project(&mut transaction, &views, at).await {
-        let _ = transaction.rollback().await;
-        return Err(match e {
-            StoreError::Database(err) => classify(err),
-            other => other.into(),
-        });
+}
+
+/// A failed statement as the caller handles it.
+fn classify(err: sqlx::Error, events: &[PlannedEvent<'_>]) -> BatchError {
+    if is_idempotency_race(&err) {
+        StoreError::IdempotencyRace.into()
+    } else if is_event_conflict(&err) {
+        BatchError::ConcurrentAppend(err, first_per_stream(events))
+    } else if postgres_fhir::is_contention(&err) {
+        StoreError::Contention.into()
+    } else {
+        err.into()
     }
-    if let Err(err) = query.fetch_one(&mut *transaction).await {
-        let _ = transaction.rollback().await;
-        return Err(classify(err));
-    }
-    transaction.commit().await.map_err(classify)?;
-    Ok(outcomes)
 }
 
 type PgQuery<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
