@@ -6,11 +6,13 @@
 //! becomes `r.id IN (SELECT id FROM fhir_search WHERE … param = ? AND (…))`, which the indexes on
 //! `fhir_search` answer without touching the resources.
 
+use std::collections::HashSet;
+
 use futures::future::BoxFuture;
 use time::OffsetDateTime;
 
-use crate::projections::ResourceType;
-use crate::store::{Backend, StoreError};
+use crate::projections::{self, EventView, Loaded, Output, Projector, ResourceKey, ResourceType};
+use crate::store::{Backend, RecordedEvent, StoreError};
 
 /// A resource version as stored: the FHIR JSON served, with its version and time.
 #[derive(Debug, Clone, PartialEq)]
@@ -492,4 +494,83 @@ pub(super) async fn history(
         .resources(history_page_sql(backend, tenant, query))
         .await?;
     Ok(SearchPage { total, resources })
+}
+
+/// What a backend does for the projections inside one of its transactions; the folding itself
+/// ([`project`], [`rebuild`]) is written once, here.
+pub(super) trait ProjectionConn: Send {
+    /// The current rows of these resources (PostgreSQL also locks them, in the order given).
+    fn load_keys<'a>(
+        &'a mut self,
+        keys: &'a [ResourceKey],
+    ) -> BoxFuture<'a, Result<Vec<Loaded>, StoreError>>;
+    /// Every resource belonging to a Patient (merges move them).
+    fn load_patient<'a>(
+        &'a mut self,
+        tenant: &'a str,
+        patient: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Loaded>, StoreError>>;
+    /// Writes current rows, history rows and search rows.
+    fn write<'a>(&'a mut self, output: &'a Output) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Empties the read models.
+    fn clear(&mut self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Up to `limit` events after `position`, in store order.
+    fn events_after(
+        &mut self,
+        position: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>>;
+}
+
+/// Folds `events` into the read models, inside the caller's transaction. Keys are loaded in
+/// sorted order, so two PostgreSQL transactions lock shared resources in the same order and cannot
+/// deadlock over them.
+pub(super) async fn project(
+    conn: &mut impl ProjectionConn,
+    events: &[EventView<'_>],
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let plan = projections::plan(events.iter().copied());
+    let mut keys = plan.keys;
+    keys.sort();
+    let mut loaded = conn.load_keys(&keys).await?;
+    for (tenant, patient) in &plan.patients {
+        loaded.extend(conn.load_patient(tenant, patient).await?);
+    }
+    let mut seen = HashSet::new();
+    loaded.retain(|l| seen.insert(l.key.clone()));
+    let mut projector = Projector::new(now, loaded)?;
+    for event in events {
+        projector.apply(event)?;
+    }
+    conn.write(&projector.finish()?).await
+}
+
+/// Events read per round trip while rebuilding the projections.
+const REBUILD_BATCH: i64 = 1_000;
+
+/// Empties the read models and folds every event back in, inside the caller's transaction; each
+/// event at the time it was recorded, as when it was first written. Returns the events replayed.
+pub(super) async fn rebuild(
+    conn: &mut impl ProjectionConn,
+    progress: &(dyn Fn(u64) + Send + Sync),
+) -> Result<u64, StoreError> {
+    conn.clear().await?;
+    let mut position = 0;
+    let mut replayed = 0_u64;
+    loop {
+        let events = conn.events_after(position, REBUILD_BATCH).await?;
+        let Some(last) = events.last() else { break };
+        position = last.global_position;
+        for chunk in events.chunk_by(|a, b| a.recorded_at == b.recorded_at) {
+            let views: Vec<EventView<'_>> = chunk.iter().map(RecordedEvent::view).collect();
+            project(conn, &views, chunk[0].recorded_at).await?;
+        }
+        replayed += events.len() as u64;
+        progress(replayed);
+    }
+    Ok(replayed)
 }

@@ -258,7 +258,7 @@ async fn write_batch(
     // them, so its appends are already visible and do not collide with ours.
     let mut tx = conn.begin().await?;
     let result = async {
-        postgres_fhir::project(&mut tx, &views, at)
+        super::fhir::project(&mut *tx, &views, at)
             .await
             .map_err(|e| match e {
                 StoreError::Database(err) => classify(err, &[]),
@@ -658,20 +658,7 @@ impl EventStore for PostgresStore {
             sqlx::query("LOCK TABLE fhir_resources IN EXCLUSIVE MODE")
                 .execute(&mut *tx)
                 .await?;
-            postgres_fhir::clear(&mut tx).await?;
-            let mut position = 0;
-            let mut replayed = 0_u64;
-            loop {
-                let events = events_after(&mut tx, position, REBUILD_BATCH).await?;
-                let Some(last) = events.last() else { break };
-                position = last.global_position;
-                for chunk in events.chunk_by(|a, b| a.recorded_at == b.recorded_at) {
-                    let views: Vec<EventView<'_>> = chunk.iter().map(RecordedEvent::view).collect();
-                    postgres_fhir::project(&mut tx, &views, chunk[0].recorded_at).await?;
-                }
-                replayed += events.len() as u64;
-                progress(replayed);
-            }
+            let replayed = super::fhir::rebuild(&mut *tx, progress).await?;
             tx.commit().await?;
             Ok(replayed)
         }
@@ -679,10 +666,7 @@ impl EventStore for PostgresStore {
     }
 }
 
-/// Events read per round trip while rebuilding the projections.
-const REBUILD_BATCH: i64 = 1_000;
-
-async fn events_after(
+pub(super) async fn events_after(
     conn: &mut PgConnection,
     position: i64,
     limit: i64,

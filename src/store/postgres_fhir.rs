@@ -8,18 +8,16 @@
 //! if two batches create it at once, the second one's upsert finds a version it did not expect,
 //! writes nothing, and the batch fails with [`StoreError::Contention`] to be retried.
 
-use std::collections::HashSet;
-
 use sqlx::{PgConnection, PgPool, Postgres, Row};
-use time::OffsetDateTime;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::fhir::{FhirReader, Sql, StoredResource, bind_all};
+use super::fhir::{FhirReader, ProjectionConn, Sql, StoredResource, bind_all};
 use super::rows;
 use super::{Backend, StoreError};
-use crate::projections::{self, EventView, Loaded, Output, Projector, ResourceKey};
+use crate::projections::{self, Loaded, Output, ResourceKey};
+use crate::store::RecordedEvent;
 
 /// SQLSTATEs that mean "another transaction got in the way": deadlock detected, serialization
 /// failure, and a unique violation on the read-model tables.
@@ -28,31 +26,6 @@ pub(super) fn is_contention(err: &sqlx::Error) -> bool {
         if matches!(db.code().as_deref(), Some("40P01" | "40001"))
             || (db.is_unique_violation()
                 && db.constraint().is_some_and(|c| c.starts_with("fhir_"))))
-}
-
-/// Folds `events` into the read models, inside the caller's transaction.
-pub(super) async fn project(
-    conn: &mut PgConnection,
-    events: &[EventView<'_>],
-    now: OffsetDateTime,
-) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let plan = projections::plan(events.iter().copied());
-    let mut keys = plan.keys.clone();
-    keys.sort();
-    let mut loaded = load_keys(conn, &keys).await?;
-    for (tenant, patient) in &plan.patients {
-        loaded.extend(load_patient(conn, tenant, patient).await?);
-    }
-    let mut seen = HashSet::new();
-    loaded.retain(|l| seen.insert(l.key.clone()));
-    let mut projector = Projector::new(now, loaded)?;
-    for event in events {
-        projector.apply(event)?;
-    }
-    write(conn, &projector.finish()?).await
 }
 
 const LOAD_KEYS: &str = "SELECT r.hospital_id, r.resource_type, r.id, r.version_id, r.state \
@@ -238,7 +211,7 @@ async fn write(conn: &mut PgConnection, output: &Output) -> Result<(), StoreErro
 }
 
 /// Empties the read models (before a rebuild).
-pub(super) async fn clear(conn: &mut PgConnection) -> Result<(), StoreError> {
+async fn clear(conn: &mut PgConnection) -> Result<(), StoreError> {
     sqlx::query("TRUNCATE fhir_search, fhir_history, fhir_resources")
         .execute(&mut *conn)
         .await?;
@@ -265,5 +238,38 @@ impl FhirReader for PgPool {
                 .map_err(|e| StoreError::Corrupt(format!("count(*): {e}")))
         }
         .boxed()
+    }
+}
+
+impl ProjectionConn for PgConnection {
+    fn load_keys<'a>(
+        &'a mut self,
+        keys: &'a [ResourceKey],
+    ) -> BoxFuture<'a, Result<Vec<Loaded>, StoreError>> {
+        load_keys(self, keys).boxed()
+    }
+
+    fn load_patient<'a>(
+        &'a mut self,
+        tenant: &'a str,
+        patient: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Loaded>, StoreError>> {
+        load_patient(self, tenant, patient).boxed()
+    }
+
+    fn write<'a>(&'a mut self, output: &'a Output) -> BoxFuture<'a, Result<(), StoreError>> {
+        write(self, output).boxed()
+    }
+
+    fn clear(&mut self) -> BoxFuture<'_, Result<(), StoreError>> {
+        clear(self).boxed()
+    }
+
+    fn events_after(
+        &mut self,
+        position: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
+        super::postgres::events_after(self, position, limit).boxed()
     }
 }

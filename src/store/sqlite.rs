@@ -37,7 +37,6 @@ use uuid::Uuid;
 use super::fhir::{HistoryQuery, SearchPage, SearchQuery, StoredResource};
 use super::plan::{self, PlannedEvent};
 use super::rows::{self, StoreRow};
-use super::sqlite_fhir;
 use super::{
     Backend, ConnectOptions, EventStore, ExpectedVersion, IdempotencyKey, IdempotencyRecord,
     InboundRecord, IngestOutcome, IngestWrite, RecordedEvent, StoreCounts, StoreError,
@@ -355,7 +354,7 @@ async fn write_batch(
     let now = format_timestamp(at, "recorded_at")?;
     insert_rows(tx, &stored, &records, &events, &now).await?;
     let views: Vec<EventView<'_>> = events.iter().map(PlannedEvent::view).collect();
-    super::sqlite_fhir::project(tx, &views, at).await?;
+    super::fhir::project(&mut **tx, &views, at).await?;
     Ok(outcomes)
 }
 
@@ -851,21 +850,7 @@ impl EventStore for SqliteStore {
         async move {
             let mut writer = self.writer().await?;
             let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-            sqlite_fhir::clear(&mut tx).await?;
-            let mut position = 0;
-            let mut replayed = 0_u64;
-            loop {
-                let events = events_after(&mut *tx, position, REBUILD_BATCH).await?;
-                let Some(last) = events.last() else { break };
-                position = last.global_position;
-                // Each event is folded in at the time it was recorded, as it was when written.
-                for chunk in events.chunk_by(|a, b| a.recorded_at == b.recorded_at) {
-                    let views: Vec<EventView<'_>> = chunk.iter().map(RecordedEvent::view).collect();
-                    sqlite_fhir::project(&mut tx, &views, chunk[0].recorded_at).await?;
-                }
-                replayed += events.len() as u64;
-                progress(replayed);
-            }
+            let replayed = super::fhir::rebuild(&mut *tx, progress).await?;
             tx.commit().await?;
             Ok(replayed)
         }
@@ -873,10 +858,7 @@ impl EventStore for SqliteStore {
     }
 }
 
-/// Events read per round trip while rebuilding the projections.
-const REBUILD_BATCH: i64 = 1_000;
-
-async fn events_after<'e, E>(
+pub(super) async fn events_after<'e, E>(
     executor: E,
     position: i64,
     limit: i64,

@@ -1,45 +1,20 @@
 //! SQLite side of the FHIR projections: loading the resources a batch touches and writing what the
 //! projector made of them, inside the batch's transaction; and the reads behind the FHIR API.
 
-use std::collections::HashSet;
-
 use sqlx::sqlite::SqliteConnection;
 use sqlx::{AssertSqlSafe, Sqlite};
-use time::OffsetDateTime;
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
-use super::fhir::{FhirReader, Sql, StoredResource, bind_all};
+use super::fhir::{FhirReader, ProjectionConn, Sql, StoredResource, bind_all};
 use super::rows;
 use super::sqlite::{format_timestamp, get, multi_row_insert, rows_per_statement};
 use super::{Backend, StoreError};
-use crate::projections::{self, EventView, Loaded, Output, Projector, ResourceKey};
+use crate::projections::{self, Loaded, Output, ResourceKey};
+use crate::store::RecordedEvent;
 
 type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
-
-/// Folds `events` into the read models, inside the caller's transaction.
-pub(super) async fn project(
-    conn: &mut SqliteConnection,
-    events: &[EventView<'_>],
-    now: OffsetDateTime,
-) -> Result<(), StoreError> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let plan = projections::plan(events.iter().copied());
-    let mut loaded = load_keys(conn, &plan.keys).await?;
-    for (tenant, patient) in &plan.patients {
-        loaded.extend(load_patient(conn, tenant, patient).await?);
-    }
-    let mut seen = HashSet::new();
-    loaded.retain(|l| seen.insert(l.key.clone()));
-    let mut projector = Projector::new(now, loaded)?;
-    for event in events {
-        projector.apply(event)?;
-    }
-    write(conn, &projector.finish()?).await
-}
 
 async fn load_keys(
     conn: &mut SqliteConnection,
@@ -168,7 +143,7 @@ async fn write(conn: &mut SqliteConnection, output: &Output) -> Result<(), Store
 }
 
 /// Empties the read models (before a rebuild).
-pub(super) async fn clear(conn: &mut SqliteConnection) -> Result<(), StoreError> {
+async fn clear(conn: &mut SqliteConnection) -> Result<(), StoreError> {
     sqlx::query("DELETE FROM fhir_search; DELETE FROM fhir_history; DELETE FROM fhir_resources;")
         .execute(&mut *conn)
         .await?;
@@ -194,5 +169,38 @@ impl FhirReader for sqlx::SqlitePool {
             get(&row, 0, "count(*)")
         }
         .boxed()
+    }
+}
+
+impl ProjectionConn for SqliteConnection {
+    fn load_keys<'a>(
+        &'a mut self,
+        keys: &'a [ResourceKey],
+    ) -> BoxFuture<'a, Result<Vec<Loaded>, StoreError>> {
+        load_keys(self, keys).boxed()
+    }
+
+    fn load_patient<'a>(
+        &'a mut self,
+        tenant: &'a str,
+        patient: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Loaded>, StoreError>> {
+        load_patient(self, tenant, patient).boxed()
+    }
+
+    fn write<'a>(&'a mut self, output: &'a Output) -> BoxFuture<'a, Result<(), StoreError>> {
+        write(self, output).boxed()
+    }
+
+    fn clear(&mut self) -> BoxFuture<'_, Result<(), StoreError>> {
+        clear(self).boxed()
+    }
+
+    fn events_after(
+        &mut self,
+        position: i64,
+        limit: i64,
+    ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>> {
+        super::sqlite::events_after(self, position, limit).boxed()
     }
 }
