@@ -155,7 +155,11 @@ impl App {
         } else {
             None
         };
-        let ingest = Arc::new(Ingest::new(committer, store.clone(), mappings.clone()));
+        let ingest = Arc::new(Ingest::new(
+            committer.clone(),
+            store.clone(),
+            mappings.clone(),
+        ));
 
         let mut bound = Vec::new();
         for l in settings.mllp_listeners() {
@@ -218,6 +222,8 @@ impl App {
             "/fhir",
             crate::listeners::fhir::router(crate::listeners::fhir::FhirState::new(
                 store.clone(),
+                committer.clone(),
+                mappings.clone(),
                 authenticator.clone(),
                 settings.http.hospital_id.clone(),
                 settings.http.fhir_base_url.clone(),

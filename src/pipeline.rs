@@ -322,6 +322,8 @@ impl Ingest {
                 inbound_id,
             }),
             events,
+
+            preconditions: Vec::new(),
         };
         let peer = received.peer;
         match self.committer.commit(write).await {
@@ -470,6 +472,8 @@ impl Ingest {
             },
             idempotency: None,
             events: Vec::new(),
+
+            preconditions: Vec::new(),
         };
         if let Err(e) = self.committer.commit(write).await {
             // The NAK still goes out: it accepts nothing, and tells the sender to look at it.

@@ -114,6 +114,8 @@ fn accepted(hospital: &str, control_id: &str) -> IngestWrite {
             inbound_id: id,
         }),
         events: Vec::new(),
+
+        preconditions: Vec::new(),
     }
 }
 

@@ -13,25 +13,121 @@ use crate::hl7::Path;
 use super::transform::Transform;
 use super::yaml::Pos;
 
-/// A path as written in a rule: absolute (`PID.3[*]`) or relative to the value in scope (`.4.1`, `.`).
+/// A path as written in a rule: absolute (`PID.3[*]`) or relative to the value in scope (`.4.1`, `.`) in
+/// HL7 files; a JSON element path (`identifier[*].value`, `.system`) in FHIR files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum PathRef {
     Abs(Path),
     /// Parsed with a placeholder segment ID, so `field`/`repetition`/`component`/`subcomponent` are the steps
     /// down from the value in scope (whatever its level); `field: None` is `.`, the value itself.
     Rel(Path),
+    Json(JsonPath),
+}
+
+/// A path into a FHIR resource: element names, each with an optional index (0-based, as in FHIRPath),
+/// from the resource (`name[0].given[*]`) or, starting with a dot, from the value in scope (`.system`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JsonPath {
+    pub relative: bool,
+    pub steps: Vec<JsonStep>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct JsonStep {
+    pub name: String,
+    /// `Default`: the first item of an array (a single value is its own first item), as an HL7 path
+    /// without an index reads the first repetition.
+    pub index: crate::hl7::Index,
+}
+
+impl JsonPath {
+    /// Parses `a.b[2].c[*]` (or `.b`, `.` when `relative` paths are allowed by the caller): the error is
+    /// (character position, plain sentence).
+    pub fn parse(text: &str) -> Result<JsonPath, (usize, String)> {
+        use crate::hl7::Index;
+        let (relative, body) = match text.strip_prefix('.') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        let mut steps = Vec::new();
+        if body.is_empty() {
+            return if relative {
+                Ok(JsonPath { relative, steps })
+            } else {
+                Err((0, "the path is empty".into()))
+            };
+        }
+        let mut at = usize::from(relative);
+        for part in body.split('.') {
+            let (name, index) = match part.split_once('[') {
+                Some((name, rest)) => {
+                    let Some(inner) = rest.strip_suffix(']') else {
+                        return Err((at + part.len(), "`[` without its closing `]`".into()));
+                    };
+                    let index = if inner == "*" {
+                        Index::All
+                    } else {
+                        match inner.parse::<usize>() {
+                            Ok(n) => Index::Nth(n),
+                            Err(_) => {
+                                return Err((
+                                    at + name.len() + 1,
+                                    format!("index {inner:?} is neither a number nor *"),
+                                ));
+                            }
+                        }
+                    };
+                    (name, index)
+                }
+                None => (part, Index::Default),
+            };
+            let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err((
+                    at,
+                    format!("{name:?} is not an element name (letters and digits, e.g. birthDate)"),
+                ));
+            }
+            steps.push(JsonStep {
+                name: name.to_string(),
+                index,
+            });
+            at += part.len() + 1;
+        }
+        Ok(JsonPath { relative, steps })
+    }
+}
+
+impl std::fmt::Display for JsonPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.relative {
+            f.write_str(".")?;
+        }
+        for (i, s) in self.steps.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            f.write_str(&s.name)?;
+            match s.index {
+                crate::hl7::Index::All => f.write_str("[*]")?,
+                crate::hl7::Index::Nth(n) => write!(f, "[{n}]")?,
+                crate::hl7::Index::Default => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 impl PathRef {
     /// Whether the path can select several values (`[*]` somewhere).
     pub fn selects_many(&self) -> bool {
-        let p = self.path();
-        p.segment_index == crate::hl7::Index::All || p.repetition == crate::hl7::Index::All
-    }
-
-    pub fn path(&self) -> &Path {
+        use crate::hl7::Index;
         match self {
-            PathRef::Abs(p) | PathRef::Rel(p) => p,
+            PathRef::Abs(p) | PathRef::Rel(p) => {
+                p.segment_index == Index::All || p.repetition == Index::All
+            }
+            PathRef::Json(j) => j.steps.iter().any(|s| s.index == Index::All),
         }
     }
 }
@@ -48,6 +144,7 @@ impl std::fmt::Display for PathRef {
                     None => f.write_str("."),
                 }
             }
+            PathRef::Json(j) => write!(f, "{j}"),
         }
     }
 }
@@ -134,6 +231,8 @@ pub(crate) struct Rule {
 pub(crate) struct Named {
     pub name: String,
     pub rule: Rule,
+    /// Defined in `fhir/datatypes.yaml` (reads FHIR JSON) rather than `datatypes.yaml` (reads HL7).
+    pub fhir: bool,
 }
 
 /// A code table (`tables/<name>.yaml`).
@@ -160,6 +259,37 @@ pub(crate) enum ExpectSpec {
         error: Option<u16>,
         location: Option<String>,
     },
+    /// A FHIR write the mapping refuses: the error code (table 0357, as for HL7) and the element path.
+    Error {
+        error: Option<u16>,
+        path: Option<String>,
+    },
+}
+
+/// The FHIR interactions a FHIR mapping file handles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FhirInteraction {
+    Create,
+    Update,
+}
+
+impl FhirInteraction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FhirInteraction::Create => "create",
+            FhirInteraction::Update => "update",
+        }
+    }
+}
+
+/// The resource types FHIR mapping files may read: those the API accepts writes of.
+pub const WRITABLE_RESOURCES: &[&str] = &["Patient", "ServiceRequest"];
+
+/// What a FHIR mapping file reads: a resource type and the interactions it applies to.
+#[derive(Debug, Clone)]
+pub(crate) struct FhirSource {
+    pub resource: String,
+    pub interactions: Vec<FhirInteraction>,
 }
 
 /// One inbound mapping file.
@@ -182,6 +312,8 @@ pub(crate) struct Inbound {
     /// Every key written under `fields:`, also those whose rule had a problem.
     pub written: Vec<String>,
     pub examples: Vec<ExampleSpec>,
+    /// `Some` for a file under `fhir/` (FHIR resource → event); `None` for `inbound/` (HL7 → event).
+    pub fhir: Option<FhirSource>,
 }
 
 /// Everything loaded, names resolved.

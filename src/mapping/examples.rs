@@ -1,4 +1,5 @@
-//! The `examples:` of mapping files: input message → expected events, or → expected ACK error.
+//! The `examples:` of mapping files: input message (or FHIR resource) → expected events, or → expected ACK
+//! error (or, for FHIR mappings, the expected error and element path).
 //!
 //! Examples make a mapping self-testing: `ferry mappings test` and the test suite run the same function, so a
 //! changed mapping is checked against its examples before it is deployed. An example compares *all* events the
@@ -11,7 +12,7 @@ use serde_json::{Value as J, json};
 
 use crate::hl7::{DecodeOptions, Message, decode};
 
-use super::ast::ExpectSpec;
+use super::ast::{ExpectSpec, FhirInteraction};
 use super::{MapError, Mapped, MappingSet};
 
 /// One example of one mapping file.
@@ -22,8 +23,10 @@ pub struct Example {
     /// The mapping file and the line of the example in it.
     pub file: PathBuf,
     pub line: usize,
-    /// The HL7 message file.
+    /// The HL7 message file, or the FHIR resource (JSON) file.
     pub input: PathBuf,
+    /// For a FHIR mapping: the interaction the example runs as (the file's first).
+    pub interaction: Option<FhirInteraction>,
     pub expectation: Expectation,
 }
 
@@ -37,6 +40,11 @@ pub enum Expectation {
         code: String,
         error: Option<u16>,
         location: Option<String>,
+    },
+    /// A refused FHIR write: table 0357 code and element path (`Patient.birthDate`).
+    Error {
+        error: Option<u16>,
+        path: Option<String>,
     },
 }
 
@@ -108,6 +116,10 @@ impl MappingSet {
                     file: self.dir.join(&self.ast.files[m.file]),
                     line: e.line,
                     input: e.input.clone(),
+                    interaction: m
+                        .fhir
+                        .as_ref()
+                        .and_then(|f| f.interactions.first().copied()),
                     expectation: match &e.expect {
                         ExpectSpec::Events(p) => Expectation::Events(p.clone()),
                         ExpectSpec::Ack {
@@ -118,6 +130,10 @@ impl MappingSet {
                             code: code.clone(),
                             error: *error,
                             location: location.clone(),
+                        },
+                        ExpectSpec::Error { error, path } => Expectation::Error {
+                            error: *error,
+                            path: path.clone(),
                         },
                     },
                 });
@@ -144,14 +160,31 @@ impl MappingSet {
         }
     }
 
-    fn check_example(&self, example: &Example) -> Result<(), String> {
+    /// What the set makes of an example's input (`Err` when the input cannot be read at all).
+    pub(crate) fn map_example_input(
+        &self,
+        example: &Example,
+    ) -> Result<Result<Mapped, Box<MapError>>, String> {
         let bytes = std::fs::read(&example.input)
             .map_err(|e| format!("cannot read {}: {e}", example.input.display()))?;
-        let decoded = decode(&bytes, &DecodeOptions::default())
-            .map_err(|e| format!("the input cannot be decoded: {e}"))?;
-        let msg =
-            Message::parse(&decoded.text).map_err(|e| format!("the input does not parse: {e}"))?;
-        let result = self.map(&msg);
+        Ok(match example.interaction {
+            Some(interaction) => {
+                let resource: J = serde_json::from_slice(&bytes)
+                    .map_err(|e| format!("the input is not JSON: {e}"))?;
+                self.map_fhir(interaction, &resource)
+            }
+            None => {
+                let decoded = decode(&bytes, &DecodeOptions::default())
+                    .map_err(|e| format!("the input cannot be decoded: {e}"))?;
+                let msg = Message::parse(&decoded.text)
+                    .map_err(|e| format!("the input does not parse: {e}"))?;
+                self.map(&msg)
+            }
+        })
+    }
+
+    fn check_example(&self, example: &Example) -> Result<(), String> {
+        let result = self.map_example_input(example)?;
         match (&example.expectation, result) {
             (Expectation::Events(path), Ok(mapped)) => {
                 let text = std::fs::read_to_string(path)
@@ -170,12 +203,38 @@ impl MappingSet {
                 }
             }
             (Expectation::Events(_), Err(e)) => Err(format!(
-                "expected events, got AE {} at {}: {}",
+                "expected events, got error {} at {}: {}",
                 e.code.code(),
                 e.location
                     .as_ref()
-                    .map_or("no location".to_string(), |l| l.to_erl('^')),
+                    .map(|l| l.to_erl('^'))
+                    .or_else(|| (!e.path.is_empty()).then(|| e.path.clone()))
+                    .unwrap_or_else(|| "no location".to_string()),
                 e.message
+            )),
+            (Expectation::Error { error, path }, Err(e)) => {
+                let error_ok = error.is_none_or(|n| n == e.code.code());
+                let path_ok = path.as_ref().is_none_or(|p| *p == e.path);
+                if error_ok && path_ok {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "expected error {} at {}, got {} at {} ({})",
+                        error.map_or("(any)".to_string(), |n| n.to_string()),
+                        path.as_deref().unwrap_or("(any element)"),
+                        e.code.code(),
+                        if e.path.is_empty() {
+                            "no element"
+                        } else {
+                            &e.path
+                        },
+                        e.message
+                    ))
+                }
+            }
+            (Expectation::Error { .. }, Ok(mapped)) => Err(format!(
+                "expected an error, but the resource mapped to:\n{}",
+                canonical(&events_json(&mapped))
             )),
             (
                 Expectation::Ack {

@@ -2,8 +2,10 @@
 //!
 //! The loader never stops at the first problem: an analyst running `ferry mappings check` should see all of
 //! them at once, each with file, line, column and a plain sentence. It reads only `settings.yaml`,
-//! `datatypes.yaml`, `tables/*.yaml` and `inbound/*.yaml`; other files and folders (a README, `examples/`, a
-//! future `outbound/`) are left alone.
+//! `datatypes.yaml`, `tables/*.yaml`, `inbound/*.yaml` (HL7 v2 → events) and `fhir/*.yaml` (FHIR writes →
+//! events, with `fhir/datatypes.yaml` for FHIR datatypes); other files and folders (a README, `examples/`,
+//! a future `outbound/`) are left alone. The two kinds share every rule and modifier; only paths differ
+//! (`PID.3[*].4.1` against `identifier[*].value`), and a file of one kind cannot use the other's datatypes.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path as FsPath, PathBuf};
@@ -15,8 +17,8 @@ use crate::hl7::{Index, Path};
 
 use super::Problem;
 use super::ast::{
-    Ast, Build, Condition, ExampleSpec, ExpectSpec, FieldRule, Inbound, Match, Named, PathRef,
-    Rule, Source, Table, Test,
+    Ast, Build, Condition, ExampleSpec, ExpectSpec, FhirInteraction, FhirSource, FieldRule,
+    Inbound, JsonPath, Match, Named, PathRef, Rule, Source, Table, Test, WRITABLE_RESOURCES,
 };
 use super::transform::Transform;
 use super::yaml::{self, Kind, Node, Pos};
@@ -51,6 +53,18 @@ const INBOUND_KEYS: &[&str] = &[
     "fields",
     "examples",
 ];
+const FHIR_KEYS: &[&str] = &[
+    "description",
+    "resource",
+    "interactions",
+    "event",
+    "stream",
+    "when",
+    "fields",
+    "examples",
+];
+/// The FHIR datatypes file, beside the FHIR mapping files.
+const FHIR_DATATYPES: &str = "fhir/datatypes.yaml";
 const CONDITION_KEYS: &[&str] = &["path", "in", "not_in", "present", "absent"];
 
 /// The result of loading: the checked tree and the version hash, or the problems.
@@ -73,6 +87,8 @@ struct Loader<'d> {
     /// `datatypes.yaml` exists but could not be read: its names are unknown, so "unknown datatype/rule"
     /// would only repeat that one problem everywhere.
     datatypes_broken: bool,
+    /// The file being loaded is a FHIR one: paths are JSON element paths.
+    fhir: bool,
 }
 
 /// Loads and checks a mapping directory.
@@ -80,6 +96,7 @@ pub(crate) fn load(dir: &FsPath, example_files: bool) -> Result<Loaded, Vec<Prob
     let mut l = Loader {
         example_files,
         datatypes_broken: false,
+        fhir: false,
         dir,
         problems: Vec::new(),
         ast: Ast::default(),
@@ -99,10 +116,18 @@ pub(crate) fn load(dir: &FsPath, example_files: bool) -> Result<Loaded, Vec<Prob
     for rel in l.list("tables") {
         l.table(&rel);
     }
-    l.datatypes();
+    l.datatypes(FsPath::new("datatypes.yaml"));
     for rel in l.list("inbound") {
         l.inbound(&rel);
     }
+    l.fhir = true;
+    l.datatypes(FsPath::new(FHIR_DATATYPES));
+    for rel in l.list("fhir") {
+        if rel != FsPath::new(FHIR_DATATYPES) {
+            l.inbound(&rel);
+        }
+    }
+    l.fhir = false;
     l.check_cycles();
     l.check_targets();
     if !l.problems.is_empty() {
@@ -369,17 +394,33 @@ impl Loader<'_> {
 
     // ---- datatypes and named rules ---------------------------------------------------------------------
 
-    fn datatypes(&mut self) {
-        let Some((file, node)) = self.read(FsPath::new("datatypes.yaml"), false) else {
-            self.datatypes_broken = self.dir.join("datatypes.yaml").exists();
+    fn datatypes(&mut self, rel: &FsPath) {
+        let Some((file, node)) = self.read(rel, false) else {
+            self.datatypes_broken |= self.dir.join(rel).exists();
             return;
         };
-        let entries = self.entries(file, &node, &["datatypes", "rules"], "datatypes.yaml");
+        let what = rel.to_string_lossy().into_owned();
+        let entries = self.entries(file, &node, &["datatypes", "rules"], &what);
         // Names first, so rules may refer to datatypes and rules defined further down.
         let mut bodies: Vec<(bool, usize, &Node)> = Vec::new();
         for (key, section) in &entries {
             let is_datatype = *key == "datatypes";
             for (name, body) in self.entries(file, section, &[], key) {
+                let ids = if is_datatype {
+                    &self.datatype_ids
+                } else {
+                    &self.rule_ids
+                };
+                if self.fhir && ids.contains_key(name) {
+                    self.problem(
+                        file,
+                        body.pos,
+                        format!(
+                            "{name:?} is already defined in datatypes.yaml: names are shared by datatypes.yaml and {FHIR_DATATYPES}"
+                        ),
+                    );
+                    continue;
+                }
                 let id = if is_datatype {
                     self.datatype_ids
                         .insert(name.to_string(), self.ast.datatypes.len());
@@ -391,6 +432,7 @@ impl Loader<'_> {
                 let placeholder = Named {
                     name: name.to_string(),
                     rule: placeholder_rule(file, body.pos),
+                    fhir: self.fhir,
                 };
                 if is_datatype {
                     self.ast.datatypes.push(placeholder);
@@ -415,10 +457,55 @@ impl Loader<'_> {
 
     // ---- rules -------------------------------------------------------------------------------------------
 
+    /// A datatype or rule of the other kind of file: HL7 rules read HL7 values, FHIR rules FHIR elements.
+    fn wrong_dialect(&self, what: &str, name: &str) -> String {
+        if self.fhir {
+            format!(
+                "{what} {name:?} reads HL7 v2 values (datatypes.yaml); FHIR mappings use those of {FHIR_DATATYPES}"
+            )
+        } else {
+            format!(
+                "{what} {name:?} reads FHIR elements ({FHIR_DATATYPES}); HL7 mappings use those of datatypes.yaml"
+            )
+        }
+    }
+
     /// Parses a path at `node`; relative paths (`.4.1`, `.`) only where a value is in scope.
     fn path(&mut self, file: usize, node: &Node, scoped: bool) -> Option<PathRef> {
         let text = self.string(file, node, "a path")?;
         let start = node.text_start();
+        if self.fhir {
+            return match JsonPath::parse(&text) {
+                Ok(p) if p.relative && !scoped => {
+                    self.problem(
+                        file,
+                        start,
+                        format!("relative path {text:?} outside a value: relative paths (starting with a dot) work inside `as:` datatypes and in the `fields:` of `each:`/`pick:`/`path:`; here write the element from the resource, e.g. identifier{text}"),
+                    );
+                    None
+                }
+                Ok(p) => Some(PathRef::Json(p)),
+                Err((at, message)) => {
+                    let hint = if text.contains('-') && text.len() <= 12 {
+                        "; FHIR mappings read FHIR elements (e.g. identifier[*].value), not HL7 fields"
+                    } else {
+                        ""
+                    };
+                    self.problem(
+                        file,
+                        Pos {
+                            line: start.line,
+                            column: start.column + at,
+                        },
+                        format!(
+                            "bad path {text:?}: {message} (at character {}){hint}",
+                            at + 1
+                        ),
+                    );
+                    None
+                }
+            };
+        }
         let at = |n: usize| Pos {
             line: start.line,
             column: start.column + n,
@@ -852,6 +939,10 @@ impl Loader<'_> {
                     );
                     return None;
                 };
+                if self.ast.rules[id].fhir != self.fhir {
+                    self.problem(file, v.pos, self.wrong_dialect("rule", &name));
+                    return None;
+                }
                 desc = format!("use {name}");
                 Source::Use(id)
             }
@@ -868,6 +959,10 @@ impl Loader<'_> {
             if let Some(v) = get("as") {
                 let name = self.string(file, v, "`as`")?;
                 match self.datatype_ids.get(&name) {
+                    Some(&id) if self.ast.datatypes[id].fhir != self.fhir => {
+                        self.problem(file, v.pos, self.wrong_dialect("datatype", &name));
+                        return None;
+                    }
                     Some(&id) => {
                         desc.push_str(&format!(" as {name}"));
                         rule.build = Some(Build::As(id));
@@ -990,17 +1085,67 @@ impl Loader<'_> {
             for_each: Vec::new(),
             fields: Vec::new(),
             examples: Vec::new(),
+            fhir: None,
         };
-        let entries = self.entries(file, &node, INBOUND_KEYS, "an inbound mapping");
-        for required in ["messages", "event", "stream", "fields"] {
-            if !entries.iter().any(|(k, _)| *k == required) {
+        let (keys, what, first): (&[&str], _, &[&str]) = if self.fhir {
+            (FHIR_KEYS, "a FHIR mapping", &["resource", "interactions"])
+        } else {
+            (INBOUND_KEYS, "an inbound mapping", &["messages"])
+        };
+        let entries = self.entries(file, &node, keys, what);
+        for required in first.iter().chain(&["event", "stream", "fields"]) {
+            if !entries.iter().any(|(k, _)| k == required) {
                 self.problem(file, node.pos, format!("`{required}` is missing"));
             }
         }
+        let mut fhir = self.fhir.then(|| FhirSource {
+            resource: String::new(),
+            interactions: Vec::new(),
+        });
         for (key, v) in &entries {
             match *key {
                 "description" => {
                     self.string(file, v, "description");
+                }
+                "resource" => {
+                    let Some(name) = self.string(file, v, "`resource`") else {
+                        continue;
+                    };
+                    if WRITABLE_RESOURCES.contains(&name.as_str()) {
+                        if let Some(f) = &mut fhir {
+                            f.resource = name;
+                        }
+                    } else {
+                        self.problem(
+                            file,
+                            v.pos,
+                            format!(
+                                "resource {name:?}: the FHIR API accepts writes of {}",
+                                WRITABLE_RESOURCES.join(" and ")
+                            ),
+                        );
+                    }
+                }
+                "interactions" => {
+                    for text in self.strings(file, v, "an interaction") {
+                        let interaction = match text.as_str() {
+                            "create" => FhirInteraction::Create,
+                            "update" => FhirInteraction::Update,
+                            _ => {
+                                self.problem(
+                                    file,
+                                    v.pos,
+                                    format!(
+                                        "unknown interaction {text:?}; interactions: create, update"
+                                    ),
+                                );
+                                continue;
+                            }
+                        };
+                        if let Some(f) = &mut fhir {
+                            f.interactions.push(interaction);
+                        }
+                    }
                 }
                 "messages" => {
                     for (i, text) in self
@@ -1097,6 +1242,7 @@ impl Loader<'_> {
                 _ => m.examples = self.examples(file, rel, v),
             }
         }
+        m.fhir = fhir;
         self.ast.inbound.push(m);
     }
 
@@ -1117,8 +1263,12 @@ impl Loader<'_> {
             .unwrap_or_default();
         let mut out = Vec::new();
         for item in items {
-            let entries =
-                self.entries(file, item, &["input", "expect", "expect_ack"], "an example");
+            let keys: &[&str] = if self.fhir {
+                &["input", "expect", "expect_error"]
+            } else {
+                &["input", "expect", "expect_ack"]
+            };
+            let entries = self.entries(file, item, keys, "an example");
             let mut input = None;
             let mut expect = None;
             for (key, v) in &entries {
@@ -1149,6 +1299,24 @@ impl Loader<'_> {
                                 expect = Some(ExpectSpec::Events(full));
                             }
                         }
+                    }
+                    "expect_error" => {
+                        let mut error = None;
+                        let mut path = None;
+                        for (k, a) in self.entries(file, v, &["error", "path"], "`expect_error`") {
+                            match k {
+                                "error" => match a.as_str().and_then(|s| s.parse::<u16>().ok()) {
+                                    Some(n) => error = Some(n),
+                                    None => self.problem(
+                                        file,
+                                        a.pos,
+                                        "`error` is an HL7 table 0357 code, e.g. 101",
+                                    ),
+                                },
+                                _ => path = self.string(file, a, "`path`"),
+                            }
+                        }
+                        expect = Some(ExpectSpec::Error { error, path });
                     }
                     _ => {
                         let mut code = None;
@@ -1202,20 +1370,24 @@ impl Loader<'_> {
                 self.problem(
                     file,
                     item.pos,
-                    "an example has `expect` or `expect_ack`, not both",
+                    format!("an example has `expect` or `{}`, not both", keys[2]),
                 );
             } else if !has_expect {
                 self.problem(
                     file,
                     item.pos,
-                    "an example needs `expect:` (events JSON) or `expect_ack:`",
+                    format!("an example needs `expect:` (events JSON) or `{}:`", keys[2]),
                 );
             }
             if !entries.iter().any(|(k, _)| *k == "input") {
                 self.problem(
                     file,
                     item.pos,
-                    "an example needs `input:` (an HL7 message file)",
+                    if self.fhir {
+                        "an example needs `input:` (a FHIR resource, JSON)"
+                    } else {
+                        "an example needs `input:` (an HL7 message file)"
+                    },
                 );
             }
             if let (Some(input), Some(expect)) = (input, expect) {

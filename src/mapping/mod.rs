@@ -20,6 +20,8 @@
 //! always mapped by one whole set. The set's [`MappingSet::version`] goes into each event's metadata.
 
 mod ast;
+mod doc_hl7;
+mod doc_json;
 mod eval;
 mod examples;
 mod load;
@@ -34,6 +36,7 @@ use crate::domain::StreamKind;
 use crate::hl7::ack::ErrorCode;
 use crate::hl7::{Location, Message};
 
+pub use ast::{FhirInteraction, WRITABLE_RESOURCES};
 pub use examples::{Example, ExampleOutcome, Expectation, events_json};
 pub use schema::json_schema;
 pub use transform::Transform;
@@ -65,6 +68,8 @@ pub struct MappingSet {
     tz: jiff::tz::TimeZone,
     /// (MSH-9.1, MSH-9.2) → inbound files, in file-name order.
     by_message: HashMap<(String, String), Vec<usize>>,
+    /// (resource type, interaction) → FHIR mapping files, in file-name order.
+    by_resource: HashMap<(String, FhirInteraction), Vec<usize>>,
 }
 
 /// What a message maps to.
@@ -85,6 +90,8 @@ pub struct MappedEvent {
     /// The first stream kind of the file's `stream:` list whose key the payload has.
     pub stream: StreamKind,
     /// (assigning authority, value) of that key: the caller derives the stream id with the tenant.
+    /// The value is empty only for a FHIR write whose resource has no key (no identifier): the API
+    /// gives it a stream of its own.
     pub stream_key: (Option<String>, String),
     /// The payload, normalised by the domain (checked against the event's schema).
     pub payload: serde_json::Value,
@@ -191,9 +198,18 @@ impl MappingSet {
     pub fn load_with(dir: &Path, options: LoadOptions) -> Result<MappingSet, Vec<Problem>> {
         let loaded = load::load(dir, options.example_files)?;
         let mut by_message: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        let mut by_resource: HashMap<(String, FhirInteraction), Vec<usize>> = HashMap::new();
         for (i, m) in loaded.ast.inbound.iter().enumerate() {
             for key in &m.messages {
                 by_message.entry(key.clone()).or_default().push(i);
+            }
+            if let Some(f) = &m.fhir {
+                for interaction in &f.interactions {
+                    by_resource
+                        .entry((f.resource.clone(), *interaction))
+                        .or_default()
+                        .push(i);
+                }
             }
         }
         let tz = loaded
@@ -207,6 +223,7 @@ impl MappingSet {
             version: loaded.version,
             tz,
             by_message,
+            by_resource,
         })
     }
 
@@ -219,6 +236,7 @@ impl MappingSet {
             version: "empty".to_owned(),
             tz: jiff::tz::TimeZone::UTC,
             by_message: HashMap::new(),
+            by_resource: HashMap::new(),
         }
     }
 
@@ -233,19 +251,83 @@ impl MappingSet {
         &self.dir
     }
 
-    /// The names of the inbound mappings with the message types they apply to, for listings.
+    /// The names of the inbound mappings with what they apply to (message types, or a FHIR resource
+    /// type and its interactions such as `Patient create`) and their event, for listings.
     pub fn mappings(&self) -> Vec<(String, Vec<String>, String)> {
         self.ast
             .inbound
             .iter()
             .map(|m| {
-                (
-                    m.name.clone(),
-                    m.messages.iter().map(|(t, e)| format!("{t}^{e}")).collect(),
-                    m.event.clone(),
-                )
+                let applies = match &m.fhir {
+                    Some(f) => f
+                        .interactions
+                        .iter()
+                        .map(|i| format!("{} {}", f.resource, i.as_str()))
+                        .collect(),
+                    None => m.messages.iter().map(|(t, e)| format!("{t}^{e}")).collect(),
+                };
+                (m.name.clone(), applies, m.event.clone())
             })
             .collect()
+    }
+
+    /// Whether some FHIR mapping file handles this interaction on this resource type.
+    pub fn handles(&self, resource_type: &str, interaction: FhirInteraction) -> bool {
+        self.by_resource
+            .contains_key(&(resource_type.to_string(), interaction))
+    }
+
+    /// Maps a FHIR resource a client wrote (create or update) to events, as [`MappingSet::map`] does
+    /// a message. Errors name the element (`Patient.birthDate`) in [`MapError::path`]; they have no
+    /// HL7 location.
+    pub fn map_fhir(
+        &self,
+        interaction: FhirInteraction,
+        resource: &serde_json::Value,
+    ) -> Result<Mapped, Box<MapError>> {
+        self.run_fhir(interaction, resource, false).map(|(m, _)| m)
+    }
+
+    /// Maps a FHIR resource and says, for every output field, which rule and element produced it.
+    pub fn explain_fhir(
+        &self,
+        interaction: FhirInteraction,
+        resource: &serde_json::Value,
+    ) -> Result<(Mapped, Vec<Explanation>), Box<MapError>> {
+        self.run_fhir(interaction, resource, true)
+    }
+
+    fn run_fhir(
+        &self,
+        interaction: FhirInteraction,
+        resource: &serde_json::Value,
+        explain: bool,
+    ) -> Result<(Mapped, Vec<Explanation>), Box<MapError>> {
+        let resource_type = resource
+            .get("resourceType")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        let Some(files) = self
+            .by_resource
+            .get(&(resource_type.to_string(), interaction))
+        else {
+            return Ok((Mapped::Unmapped, Vec::new()));
+        };
+        let mut ev = eval::Eval::new(
+            &self.ast,
+            &self.tz,
+            doc_json::JsonDoc::new(resource_type, resource),
+            explain,
+        );
+        let mut events = Vec::new();
+        for &i in files {
+            events.extend(ev.events(&self.ast.inbound[i])?.into_iter().map(|(_, e)| e));
+        }
+        let explanations = ev.explain.take().unwrap_or_default();
+        if events.is_empty() {
+            return Ok((Mapped::Unmapped, Vec::new()));
+        }
+        Ok((Mapped::Events(events), explanations))
     }
 
     /// Maps a message to events.
@@ -278,7 +360,7 @@ impl MappingSet {
         let Some(files) = self.by_message.get(&key) else {
             return Ok((Mapped::Unmapped, Vec::new()));
         };
-        let mut ev = eval::Eval::new(&self.ast, &self.tz, message, explain);
+        let mut ev = eval::Eval::new(&self.ast, &self.tz, doc_hl7::Hl7Doc::new(message), explain);
         let mut events = Vec::new();
         for &i in files {
             events.extend(ev.events(&self.ast.inbound[i])?);

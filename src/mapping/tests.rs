@@ -827,10 +827,7 @@ fn shipped_mappings_load_and_their_examples_pass() {
             continue;
         }
         if bless && let Expectation::Events(path) = &outcome.example.expectation {
-            let bytes = std::fs::read(&outcome.example.input).unwrap();
-            let decoded = crate::hl7::decode(&bytes, &Default::default()).unwrap();
-            let msg = Message::parse(&decoded.text).unwrap();
-            let mapped = set.map(&msg).unwrap();
+            let mapped = set.map_example_input(&outcome.example).unwrap().unwrap();
             let text = serde_json::to_string_pretty(&events_json(&mapped)).unwrap();
             std::fs::write(path, text + "\n").unwrap();
             continue;

@@ -28,9 +28,14 @@ pub enum Transform {
     /// HL7 DTM/TS → FHIR `dateTime`, keeping the precision sent; a time always gets an offset: the one sent,
     /// else the set's `default_timezone` at that moment.
     DateTime,
-    /// HL7 table 0136: `Y` → true, `N` → false (either case); anything else is an error: guessing at
-    /// yes/no words is how wrong deaths get recorded (conformance/README.md, PID-30 `NO`).
+    /// HL7 table 0136: `Y` → true, `N` → false (either case), and FHIR's `true`/`false`; anything else
+    /// is an error: guessing at yes/no words is how wrong deaths get recorded (conformance/README.md,
+    /// PID-30 `NO`).
     Boolean,
+    /// A FHIR identifier system as the domain's assigning authority, the inverse of how Ferry writes
+    /// systems: `urn:oid:1.2.3` → `1.2.3`, `urn:ferry:authority:HOSP` → `HOSP`, any other URI as it
+    /// is. So an identifier a client writes keys the same stream as the same identifier in PID-3.
+    Authority,
 }
 
 /// What a transform produced: text, or a boolean (only from `boolean`). The text stays borrowed from the
@@ -44,8 +49,15 @@ pub enum Out<'t> {
 
 impl Transform {
     /// Every name, in the order the mapping guide lists them.
-    pub const NAMES: &'static [&'static str] =
-        &["trim", "upper", "lower", "date", "datetime", "boolean"];
+    pub const NAMES: &'static [&'static str] = &[
+        "trim",
+        "upper",
+        "lower",
+        "date",
+        "datetime",
+        "boolean",
+        "authority",
+    ];
 
     /// The transform a mapping file names; `None` for a name not in the closed list.
     pub fn from_name(name: &str) -> Option<Transform> {
@@ -56,6 +68,7 @@ impl Transform {
             "date" => Transform::Date,
             "datetime" => Transform::DateTime,
             "boolean" => Transform::Boolean,
+            "authority" => Transform::Authority,
             _ => return None,
         })
     }
@@ -69,6 +82,7 @@ impl Transform {
             Transform::Date => "date",
             Transform::DateTime => "datetime",
             Transform::Boolean => "boolean",
+            Transform::Authority => "authority",
         }
     }
 
@@ -91,13 +105,17 @@ impl Transform {
             }),
             Transform::Upper => recase(text, u8::is_ascii_lowercase, str::to_uppercase),
             Transform::Lower => recase(text, u8::is_ascii_uppercase, str::to_lowercase),
+            Transform::Authority => Out::Str(authority(text)),
             Transform::Date => Out::Str(Cow::Owned(fhir_date(&text)?)),
             Transform::DateTime => Out::Str(Cow::Owned(fhir_datetime(&text, tz)?)),
             Transform::Boolean => match text.trim() {
-                "Y" | "y" => Out::Bool(true),
-                "N" | "n" => Out::Bool(false),
+                // Y/N as HL7 writes it (table 0136), true/false as FHIR's JSON does.
+                "Y" | "y" | "true" => Out::Bool(true),
+                "N" | "n" | "false" => Out::Bool(false),
                 other => {
-                    return Err(format!("{other:?} is not a yes/no value (expected Y or N)"));
+                    return Err(format!(
+                        "{other:?} is not a yes/no value (expected Y or N, or true or false)"
+                    ));
                 }
             },
         })
@@ -409,5 +427,45 @@ mod tests {
             assert_eq!(Transform::from_name(name).unwrap().name(), *name);
         }
         assert_eq!(Transform::from_name("uppercase"), None);
+    }
+}
+
+/// See [`Transform::Authority`].
+fn authority(text: Cow<'_, str>) -> Cow<'_, str> {
+    let t = text.trim();
+    for prefix in ["urn:oid:", "urn:ferry:authority:"] {
+        if let Some(rest) = t.strip_prefix(prefix) {
+            return Cow::Owned(rest.to_owned());
+        }
+    }
+    text
+}
+
+#[cfg(test)]
+mod authority_tests {
+    use super::*;
+
+    #[test]
+    fn authority_inverts_the_systems_ferry_writes() {
+        let tz = TimeZone::UTC;
+        let run =
+            |s: &'static str| match Transform::Authority.apply(Out::Str(Cow::Borrowed(s)), &tz) {
+                Ok(Out::Str(t)) => t.into_owned(),
+                other => panic!("{other:?}"),
+            };
+        assert_eq!(run("urn:oid:1.2.276.0.76.4.17"), "1.2.276.0.76.4.17");
+        assert_eq!(run("urn:ferry:authority:TEST-HOSP"), "TEST-HOSP");
+        assert_eq!(
+            run("http://hl7.org/fhir/sid/us-ssn"),
+            "http://hl7.org/fhir/sid/us-ssn"
+        );
+        for system in [
+            "urn:oid:1.2.3",
+            "urn:ferry:authority:HOSP",
+            "http://x.example/mrn",
+        ] {
+            let back = crate::projections::render::identifier_system(Some(&run(system)));
+            assert_eq!(back.as_deref(), Some(system));
+        }
     }
 }

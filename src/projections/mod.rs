@@ -28,7 +28,7 @@ use time::OffsetDateTime;
 
 use crate::domain;
 
-pub use apply::{Plan, plan};
+pub use apply::{Plan, plan, resource_id};
 
 /// The FHIR resource types Ferry projects.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

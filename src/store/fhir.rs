@@ -528,15 +528,33 @@ pub(super) trait ProjectionConn: Send {
 pub(super) async fn project(
     conn: &mut impl ProjectionConn,
     events: &[EventView<'_>],
+    preconditions: &[&super::Precondition],
     now: OffsetDateTime,
 ) -> Result<(), StoreError> {
-    if events.is_empty() {
+    if events.is_empty() && preconditions.is_empty() {
         return Ok(());
     }
     let plan = projections::plan(events.iter().copied());
     let mut keys = plan.keys;
+    keys.extend(preconditions.iter().map(|p| p.key.clone()));
     keys.sort();
+    keys.dedup();
     let mut loaded = conn.load_keys(&keys).await?;
+    // Checked on the loaded (on PostgreSQL: locked) rows, so nothing can change them before the
+    // commit. A row that does not exist cannot be locked; a concurrent create of it fails on the
+    // insert and is retried, and then sees the row.
+    for p in preconditions {
+        let actual = loaded.iter().find(|l| l.key == p.key).map(|l| l.version);
+        if actual != p.version {
+            let word =
+                |v: Option<i64>| v.map_or_else(|| "no resource".to_owned(), |v| v.to_string());
+            return Err(StoreError::PreconditionFailed {
+                resource: format!("{}/{}", p.key.resource_type, p.key.id),
+                expected: word(p.version),
+                actual: word(actual),
+            });
+        }
+    }
     for (tenant, patient) in &plan.patients {
         loaded.extend(conn.load_patient(tenant, patient).await?);
     }
@@ -567,7 +585,7 @@ pub(super) async fn rebuild(
         position = last.global_position;
         for chunk in events.chunk_by(|a, b| a.recorded_at == b.recorded_at) {
             let views: Vec<EventView<'_>> = chunk.iter().map(RecordedEvent::view).collect();
-            project(conn, &views, chunk[0].recorded_at).await?;
+            project(conn, &views, &[], chunk[0].recorded_at).await?;
         }
         replayed += events.len() as u64;
         progress(replayed);

@@ -215,6 +215,7 @@ async fn commit_with_retry(
             // commit each write alone so that one poison message does not fail its neighbours.
             Err(
                 StoreError::VersionConflict { .. }
+                | StoreError::PreconditionFailed { .. }
                 | StoreError::Database(_)
                 | StoreError::Corrupt(_)
                 | StoreError::Projection(_),
@@ -384,6 +385,8 @@ mod tests {
             },
             idempotency: None,
             events: Vec::new(),
+
+            preconditions: Vec::new(),
         }
     }
 

@@ -72,6 +72,17 @@ pub enum StoreError {
     /// The events could not be folded into the read models; nothing of the batch was written.
     #[error("projection failed: {0}")]
     Projection(#[from] crate::projections::ProjectionError),
+    /// A write's [`Precondition`] did not hold when it was committed (FHIR `If-Match`, or a create
+    /// of a resource that exists by now); nothing of the batch was written.
+    #[error("{resource}: the write expected {expected}, found {actual}")]
+    PreconditionFailed {
+        /// `Patient/<id>`.
+        resource: String,
+        /// `no resource`, or the version number.
+        expected: String,
+        /// `no resource`, or the version number.
+        actual: String,
+    },
     /// Another instance changed the same read-model rows at the same time (PostgreSQL); the batch
     /// was rolled back and can be retried as a whole.
     #[error("concurrent update of the same resources by another writer; batch rolled back")]
@@ -260,6 +271,17 @@ pub struct IngestWrite {
     pub idempotency: Option<IdempotencyRecord>,
     /// Events produced by mapping (written under `inbound.hospital_id`).
     pub events: Vec<NewEvent>,
+    /// Conditions on read-model resources checked inside the commit, after the rows are locked:
+    /// FHIR writes (`If-Match`, create). Empty for HL7 messages.
+    pub preconditions: Vec<Precondition>,
+}
+
+/// What a FHIR write expects of one resource when it commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Precondition {
+    pub key: crate::projections::ResourceKey,
+    /// `None`: the resource must not exist; `Some(v)`: its current version must be `v`.
+    pub version: Option<i64>,
 }
 
 /// What the store did with one [`IngestWrite`] of a batch.

@@ -245,9 +245,12 @@ async fn write_batch(
         .flat_map(|w| w.events.iter().map(|e| e.view(&w.inbound.hospital_id)))
         .collect();
     let at = super::commit_time();
-    if !views
-        .iter()
-        .any(|v| crate::domain::event_spec(v.event_type).is_some())
+    let preconditions: Vec<&super::Precondition> =
+        stored.iter().flat_map(|w| &w.preconditions).collect();
+    if preconditions.is_empty()
+        && !views
+            .iter()
+            .any(|v| crate::domain::event_spec(v.event_type).is_some())
     {
         // No event the read models know: one statement, its own transaction.
         return insert_batch(conn, batch, &outcomes, &stored, at).await;
@@ -258,7 +261,7 @@ async fn write_batch(
     // them, so its appends are already visible and do not collide with ours.
     let mut tx = conn.begin().await?;
     let result = async {
-        super::fhir::project(&mut *tx, &views, at)
+        super::fhir::project(&mut *tx, &views, &preconditions, at)
             .await
             .map_err(|e| match e {
                 StoreError::Database(err) => classify(err, &[]),

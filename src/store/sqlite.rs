@@ -354,7 +354,9 @@ async fn write_batch(
     let now = format_timestamp(at, "recorded_at")?;
     insert_rows(tx, &stored, &records, &events, &now).await?;
     let views: Vec<EventView<'_>> = events.iter().map(PlannedEvent::view).collect();
-    super::fhir::project(&mut **tx, &views, at).await?;
+    let preconditions: Vec<&super::Precondition> =
+        stored.iter().flat_map(|w| &w.preconditions).collect();
+    super::fhir::project(&mut **tx, &views, &preconditions, at).await?;
     Ok(outcomes)
 }
 

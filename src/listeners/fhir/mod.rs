@@ -8,6 +8,7 @@
 mod capability;
 pub mod outcome;
 pub mod params;
+mod write;
 
 use std::sync::Arc;
 
@@ -33,6 +34,10 @@ pub const FHIR_JSON: &str = "application/fhir+json; charset=utf-8";
 #[derive(Clone)]
 pub struct FhirState {
     pub store: DynStore,
+    /// Writes go through the same committer as HL7 messages.
+    pub committer: crate::store::group_commit::GroupCommitter,
+    /// The active mapping set (hot-reloaded): `mappings/fhir/` turns writes into events.
+    pub mappings: crate::pipeline::Mappings,
     /// Checks the bearer token of every request but `/metadata`.
     pub auth: Authenticator,
     /// The tenant whose data the API serves when authentication is off (`auth = "none"`).
@@ -46,12 +51,16 @@ pub struct FhirState {
 impl FhirState {
     pub fn new(
         store: DynStore,
+        committer: crate::store::group_commit::GroupCommitter,
+        mappings: crate::pipeline::Mappings,
         auth: Authenticator,
         default_tenant: String,
         base_url: Option<String>,
     ) -> Self {
         Self {
             store,
+            committer,
+            mappings,
             auth,
             default_tenant,
             base_url: base_url.map(|b| b.trim_end_matches('/').to_owned()),
@@ -63,15 +72,14 @@ impl FhirState {
 /// The `/fhir` routes (nest them under `/fhir`).
 pub fn router(state: FhirState) -> Router {
     Router::new()
+        .route("/", axum::routing::post(write::transaction))
         .route("/metadata", get(metadata))
-        .route("/{type}", get(search_get).post(create_not_supported))
+        .route("/{type}", get(search_get).post(write::create))
         .route("/{type}/_search", axum::routing::post(search_post))
         .route("/{type}/_history", get(type_history))
         .route(
             "/{type}/{id}",
-            get(read)
-                .put(update_not_supported)
-                .delete(delete_not_supported),
+            get(read).put(write::update).delete(delete_not_supported),
         )
         .route("/{type}/{id}/_history", get(instance_history))
         .route("/{type}/{id}/_history/{vid}", get(vread))
@@ -91,14 +99,6 @@ async fn unknown_path() -> FhirError {
     FhirError::not_found("no FHIR interaction at this path; see /fhir/metadata")
 }
 
-async fn create_not_supported(Path(resource_type): Path<String>) -> FhirError {
-    writes_not_supported("create", &resource_type)
-}
-
-async fn update_not_supported(Path((resource_type, _)): Path<(String, String)>) -> FhirError {
-    writes_not_supported("update", &resource_type)
-}
-
 async fn delete_not_supported(Path((resource_type, _)): Path<(String, String)>) -> FhirError {
     writes_not_supported("delete", &resource_type)
 }
@@ -107,8 +107,8 @@ fn writes_not_supported(interaction: &str, resource_type: &str) -> FhirError {
     FhirError::not_supported(
         StatusCode::METHOD_NOT_ALLOWED,
         format!(
-            "{interaction} of {resource_type} is not supported: resources come from the HL7 v2 \
-             feeds; see /fhir/metadata"
+            "{interaction} of {resource_type} is not supported: Ferry keeps what the HL7 v2 feeds \
+             and FHIR writes said (a Patient merged away stays, inactive); see /fhir/metadata"
         ),
     )
 }

@@ -1,0 +1,680 @@
+//! The HL7 v2 side of evaluation: paths over a parsed message, `for_each` groups, and locations that become
+//! ERR-2 (segment, occurrence, field, repetition, component).
+//!
+//! Paths resolve against a *scope*: the message (or the current `for_each` group), a segment (`each: OBX[*]`) or
+//! a value (`each: PID.3[*]`, `as: CX`). Every selected value carries its location, so that a missing required
+//! value, a bad date or an unknown code becomes an error pointing at segment, occurrence, field, repetition and
+//! component — also when the value is absent and only the path says where it should have been.
+//!
+//! A value used as text is its first component's first subcomponent, decoded: HL7 lets a field grow components
+//! across versions (PV1-2 is IS in 2.5 and CWE in 2.7), and reading the first component keeps a mapping written
+//! for one version working for the other. Empty values and HL7's null `""` are absent.
+
+use std::borrow::Cow;
+use std::cell::RefCell;
+
+use crate::hl7::{Index, Level, Location, Message, Segment, Value};
+
+use super::ast::PathRef;
+use super::eval::{Doc, Sink};
+
+/// Where a value is (or would be). Segment IDs are always three ASCII characters, so the location is `Copy` and
+/// costs no allocation until an error or an explanation needs it as text. The numbers are `u32`: every selected
+/// value carries its location through several calls, and at half the size (44 bytes) the copies cost
+/// noticeably less; no frame holds 4 billion of anything (larger numbers would saturate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Loc {
+    id: [u8; 3],
+    occurrence: u32,
+    /// 1-based among all segments; 0 when the segment is not in the message.
+    position: u32,
+    field: Option<u32>,
+    rep: Option<u32>,
+    comp: Option<u32>,
+    sub: Option<u32>,
+}
+
+/// A position or count as stored in a [`Loc`].
+fn n32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+/// A [`Loc`] number as the HL7 module's [`Location`] holds it.
+fn wide(n: u32) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+impl Loc {
+    fn segment(id: &str, occurrence: usize, position: usize) -> Loc {
+        let b = id.as_bytes();
+        let mut arr = [b'?'; 3];
+        for (i, c) in b.iter().take(3).enumerate() {
+            arr[i] = *c;
+        }
+        Loc {
+            id: arr,
+            occurrence: n32(occurrence),
+            position: n32(position),
+            field: None,
+            rep: None,
+            comp: None,
+            sub: None,
+        }
+    }
+
+    fn id(&self) -> &str {
+        std::str::from_utf8(&self.id).unwrap_or("???")
+    }
+
+    /// As the HL7 module's location; a component always comes with its repetition (1 when none was named), so
+    /// that both ERL writers agree (`PID^1^3^1^1`).
+    pub fn location(&self) -> Location {
+        Location {
+            segment: self.id().to_string(),
+            occurrence: wide(self.occurrence),
+            position: wide(self.position),
+            field: self.field.map(wide),
+            repetition: self.rep.or(self.comp.map(|_| 1)).map(wide),
+            component: self.comp.map(wide),
+            subcomponent: self.sub.map(wide),
+        }
+    }
+
+    /// The path syntax of mapping files, indexes shown only when not 1: `PID.3[2].1`, `OBX[2].5`.
+    pub fn path(&self) -> String {
+        let mut s = self.id().to_string();
+        if self.occurrence > 1 {
+            s.push_str(&format!("[{}]", self.occurrence));
+        }
+        if let Some(f) = self.field {
+            s.push_str(&format!(".{f}"));
+            if let Some(r) = self.rep.filter(|r| *r > 1) {
+                s.push_str(&format!("[{r}]"));
+            }
+            if let Some(c) = self.comp {
+                s.push_str(&format!(".{c}"));
+                if let Some(x) = self.sub {
+                    s.push_str(&format!(".{x}"));
+                }
+            }
+        }
+        s
+    }
+
+    /// One level down from a value at `level`.
+    fn down(mut self, level: Level, n: usize) -> Loc {
+        let n = n32(n);
+        match level {
+            Level::Field => {
+                self.rep = self.rep.or(Some(1));
+                self.comp = Some(n);
+            }
+            Level::Repetition => self.comp = Some(n),
+            Level::Component => self.sub = Some(n),
+            Level::Leaf => {}
+        }
+        self
+    }
+}
+
+/// What a path selected: a whole segment or a value inside one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Item<'a> {
+    Seg(usize),
+    Val(Value<'a>),
+}
+
+type Scope<'a> = Option<(Item<'a>, Loc)>;
+
+/// A parsed message as the evaluator reads it.
+pub(crate) struct Hl7Doc<'m, 'a> {
+    segs: Vec<Segment<'m, 'a>>,
+    /// `segs`' IDs as bytes: paths look segments up by ID all the time, and comparing three bytes inline
+    /// costs less than comparing `&str`s through `memcmp`.
+    ids: Vec<[u8; 3]>,
+    /// The current `for_each` group as a half-open range of segment indexes.
+    group: Option<(usize, usize)>,
+    /// Segment IDs that resolve inside the group (those found from the first group on).
+    group_ids: Vec<[u8; 3]>,
+    /// The components of the field or repetition split last (see [`Components`]).
+    split: RefCell<Components>,
+}
+
+/// Where the components of one field (its first repetition) or repetition end, so that the rules of a datatype
+/// (`.1`, `.4.1`, `.5`, `.6.1`, …), which all read the same value one after the other, find each component
+/// without scanning the value from its start again: `Value::component` does, and that was the largest
+/// single cost of mapping a message. Only the last value split is kept, which is the one a datatype's
+/// rules keep asking for.
+struct Components {
+    /// The value split: where its text is and how long (the text itself is borrowed from the message, so
+    /// the same place and length mean the same text), and its level. `usize::MAX` before the first split.
+    at: (usize, usize, Level),
+    /// How many components the value has, when at most [`MAX_COMPONENTS`]; `None` when more.
+    count: Option<usize>,
+    /// The end of each component in the value's text (it starts one past the previous end).
+    ends: [usize; MAX_COMPONENTS],
+}
+
+/// More components than datatypes read (XTN-12, CWE-9) are looked up the slow way.
+const MAX_COMPONENTS: usize = 16;
+
+impl Components {
+    fn new() -> Self {
+        Components {
+            at: (usize::MAX, 0, Level::Leaf),
+            count: None,
+            ends: [0; MAX_COMPONENTS],
+        }
+    }
+
+    /// Component `n` (1-based) of a field or repetition, as `v.component(n)` gives it.
+    fn component<'a>(&mut self, v: Value<'a>, n: usize) -> Option<Value<'a>> {
+        let level = v.level();
+        if !matches!(level, Level::Field | Level::Repetition) || n == 0 {
+            return v.component(n);
+        }
+        let raw = v.raw();
+        let at = (raw.as_ptr() as usize, raw.len(), level);
+        if self.at != at {
+            self.split(raw, level, v.separators());
+            self.at = at;
+        }
+        let count = self.count.unwrap_or(MAX_COMPONENTS);
+        if n > count {
+            return if self.count.is_some() {
+                None
+            } else {
+                v.component(n)
+            };
+        }
+        let start = if n == 1 { 0 } else { self.ends[n - 2] + 1 };
+        // The ends fall before ASCII separators, so the slice is on character boundaries.
+        let text = raw.get(start..self.ends[n - 1]).unwrap_or("");
+        Some(Value::new(text, v.separators(), Level::Component))
+    }
+
+    /// A field's components are those of its first repetition.
+    fn split(&mut self, raw: &str, level: Level, seps: crate::hl7::Separators) {
+        let bytes = raw.as_bytes();
+        let end = match level {
+            Level::Field => bytes
+                .iter()
+                .position(|&b| b == seps.repetition)
+                .unwrap_or(bytes.len()),
+            _ => bytes.len(),
+        };
+        let mut count = 0;
+        for (i, &b) in bytes[..end].iter().enumerate() {
+            if b == seps.component {
+                if count == MAX_COMPONENTS {
+                    self.count = None;
+                    return;
+                }
+                self.ends[count] = i;
+                count += 1;
+            }
+        }
+        if count == MAX_COMPONENTS {
+            self.count = None;
+            return;
+        }
+        self.ends[count] = end;
+        self.count = Some(count + 1);
+    }
+}
+
+/// A segment ID as bytes; `None` when it is not three bytes long (and so matches no segment).
+fn id3(id: &str) -> Option<[u8; 3]> {
+    id.as_bytes().try_into().ok()
+}
+
+fn is_blank(v: &Value<'_>) -> bool {
+    let s = v.separators();
+    v.is_null()
+        || v.raw()
+            .bytes()
+            .all(|b| b == s.component || b == s.subcomponent || b == s.repetition)
+}
+
+/// The text of a value: first repetition, component and subcomponent, decoded; `None` when empty or null.
+/// Borrowed from the message unless it has escapes: most texts are compared or looked up in a table and
+/// never need a `String` of their own.
+fn leaf<'a>(item: Item<'a>, mut loc: Loc) -> Option<(&'a str, Cow<'a, str>, Loc)> {
+    let Item::Val(v) = item else {
+        return None;
+    };
+    // What `repetition(1)`, then `component(1)` down to a leaf, would give: each step keeps the text before
+    // its level's first separator (all of it when there is none, which is when the location does not
+    // name that step). Cutting the text directly spares building a splitter per step.
+    let seps = v.separators();
+    let mut raw = v.raw();
+    let steps: &[u8] = match v.level() {
+        Level::Field => &[seps.repetition, seps.component, seps.subcomponent],
+        Level::Repetition => &[seps.component, seps.subcomponent],
+        Level::Component => &[seps.subcomponent],
+        Level::Leaf => &[],
+    };
+    let first = 3 - steps.len();
+    for (i, sep) in steps.iter().enumerate() {
+        let Some(end) = raw.bytes().position(|b| b == *sep) else {
+            continue;
+        };
+        // The separator is ASCII, so the cut falls on a character boundary.
+        raw = raw.get(..end).unwrap_or("");
+        match first + i {
+            0 => loc.rep = Some(1),
+            1 => loc.comp = Some(1),
+            _ => loc.sub = Some(1),
+        }
+    }
+    let v = Value::new(raw, seps, Level::Leaf);
+    if v.raw().is_empty() || v.is_null() {
+        return None;
+    }
+    // What `decoded` gives: the raw text itself unless it holds the escape character. `decoded` looks for it
+    // with memchr, whose set-up costs more than a plain loop over the few bytes of a typical leaf (and
+    // nearly every leaf has none); long texts still go to memchr.
+    let escaped = match seps.escape {
+        Some(e) if raw.len() < 32 => raw.bytes().any(|b| b == e),
+        Some(_) => true,
+        None => false,
+    };
+    let text = if escaped {
+        v.decoded()
+    } else {
+        Cow::Borrowed(raw)
+    };
+    if text.is_empty() {
+        return None;
+    }
+    Some((raw, text, loc))
+}
+
+impl<'m, 'a> Hl7Doc<'m, 'a> {
+    pub fn new(msg: &'m Message<'a>) -> Self {
+        let segs: Vec<Segment<'m, 'a>> = msg.segments().collect();
+        Hl7Doc {
+            // A parsed segment's ID is always three bytes; `[0; 3]` could match no path.
+            ids: segs.iter().map(|s| id3(s.id()).unwrap_or([0; 3])).collect(),
+            segs,
+            group: None,
+            group_ids: Vec::new(),
+            split: RefCell::new(Components::new()),
+        }
+    }
+
+    // ---- groups ----------------------------------------------------------------------------------------
+
+    /// `for_each` groups: a group starts at a listed segment unless the current group has not yet reached a
+    /// later-listed one (`[ORC, OBR]`: ORC then OBR form one group; a second OBR or any ORC starts the next).
+    fn group_ranges(&mut self, starts: &[String]) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        let mut cur: Option<(usize, usize)> = None;
+        for (i, seg) in self.segs.iter().enumerate() {
+            let Some(rank) = starts.iter().position(|s| s == seg.id()) else {
+                continue;
+            };
+            match cur {
+                Some((start, max)) if rank <= max => {
+                    out.push((start, i));
+                    cur = Some((i, rank));
+                }
+                Some((start, max)) => cur = Some((start, max.max(rank))),
+                None => cur = Some((i, rank)),
+            }
+        }
+        if let Some((start, _)) = cur {
+            out.push((start, self.segs.len()));
+        }
+        self.group_ids.clear();
+        if let Some((first, _)) = out.first() {
+            for id in &self.ids[*first..] {
+                if !self.group_ids.contains(id) {
+                    self.group_ids.push(*id);
+                }
+            }
+        }
+        out
+    }
+
+    // ---- selection -------------------------------------------------------------------------------------
+
+    /// The segment range an absolute path's segment resolves in.
+    fn range_for(&self, id: &str) -> (usize, usize) {
+        match self.group {
+            Some(g) if id3(id).is_some_and(|id| self.group_ids.contains(&id)) => g,
+            _ => (0, self.segs.len()),
+        }
+    }
+
+    fn seg_loc(&self, idx: usize) -> Loc {
+        let s = &self.segs[idx];
+        Loc::segment(s.id(), s.occurrence(), s.position())
+    }
+
+    /// Every value a path selects (the first only, when `first_only`), with locations.
+    fn select_hl7(
+        &self,
+        scope: Scope<'a>,
+        p: &PathRef,
+        first_only: bool,
+        out: &mut impl Sink<(Item<'a>, Loc)>,
+    ) {
+        match p {
+            PathRef::Abs(path) => {
+                let (from, to) = self.range_for(&path.segment);
+                let Some(want) = id3(&path.segment) else {
+                    return;
+                };
+                let mut seen = 0usize;
+                for idx in from..to {
+                    if self.ids[idx] != want {
+                        continue;
+                    }
+                    seen += 1;
+                    match path.segment_index {
+                        Index::Default if seen > 1 => return,
+                        Index::Nth(n) if seen < n => continue,
+                        Index::Nth(n) if seen > n => return,
+                        _ => {}
+                    }
+                    let loc = self.seg_loc(idx);
+                    self.descend(
+                        Item::Seg(idx),
+                        loc,
+                        path.field,
+                        path.repetition,
+                        [path.component, path.subcomponent],
+                        first_only,
+                        out,
+                    );
+                    if first_only && out.full() {
+                        return;
+                    }
+                }
+            }
+            PathRef::Json(_) => {}
+            PathRef::Rel(path) => {
+                let Some((item, loc)) = scope else { return };
+                self.descend(
+                    item,
+                    loc,
+                    path.field,
+                    path.repetition,
+                    [path.component, path.subcomponent],
+                    first_only,
+                    out,
+                );
+            }
+        }
+    }
+
+    /// Goes down from an item: `step` (with `index` when it selects field repetitions), then `rest`.
+    #[allow(clippy::too_many_arguments)]
+    fn descend<S: Sink<(Item<'a>, Loc)>>(
+        &self,
+        item: Item<'a>,
+        loc: Loc,
+        step: Option<usize>,
+        index: Index,
+        rest: [Option<usize>; 2],
+        first_only: bool,
+        out: &mut S,
+    ) {
+        let Some(n) = step else {
+            out.put((item, loc));
+            return;
+        };
+        match item {
+            Item::Seg(idx) => {
+                let Some(field) = self.segs[idx].field(n) else {
+                    return;
+                };
+                let mut floc = loc;
+                floc.field = Some(n32(n));
+                let value = field.value();
+                if rest[0].is_none() && index == Index::Default {
+                    out.put((Item::Val(value), floc));
+                    return;
+                }
+                let emit = |r: usize, rep: Value<'a>, out: &mut S| {
+                    let mut rloc = floc;
+                    rloc.rep = Some(n32(r));
+                    self.descend(
+                        Item::Val(rep),
+                        rloc,
+                        rest[0],
+                        Index::Default,
+                        [rest[1], None],
+                        first_only,
+                        out,
+                    );
+                };
+                match index {
+                    Index::Default => {
+                        if let Some(rep) = value.repetition(1) {
+                            emit(1, rep, out);
+                        }
+                    }
+                    Index::Nth(r) => {
+                        if let Some(rep) = value.repetition(r) {
+                            emit(r, rep, out);
+                        }
+                    }
+                    Index::All => {
+                        for (i, rep) in value.repetitions().enumerate() {
+                            emit(i + 1, rep, out);
+                            if first_only && out.full() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            Item::Val(v) => {
+                // A field-level value may be asked for a repetition first (`.[2]` is not in the syntax, but
+                // a relative `.1[2]` from a field picks repetition 2's component 1).
+                let (v, loc) = match (v.level(), index) {
+                    (Level::Field, Index::Nth(r)) => match v.repetition(r) {
+                        Some(rep) => (
+                            rep,
+                            Loc {
+                                rep: Some(n32(r)),
+                                ..loc
+                            },
+                        ),
+                        None => return,
+                    },
+                    _ => (v, loc),
+                };
+                let next = match v.level() {
+                    Level::Leaf if n == 1 => Some(v),
+                    Level::Leaf => None,
+                    _ => self.split.borrow_mut().component(v, n),
+                };
+                if let Some(c) = next {
+                    let cloc = loc.down(v.level(), n);
+                    self.descend(
+                        Item::Val(c),
+                        cloc,
+                        rest[0],
+                        Index::Default,
+                        [rest[1], None],
+                        first_only,
+                        out,
+                    );
+                }
+            }
+        }
+    }
+
+    /// Where a path points even when nothing is there: for ERR-2 of a missing value.
+    fn loc_of_hl7(&self, scope: Scope<'a>, p: &PathRef) -> Option<Loc> {
+        let path = match p {
+            PathRef::Abs(path) | PathRef::Rel(path) => path,
+            PathRef::Json(_) => return None,
+        };
+        let (mut loc, level) = match p {
+            PathRef::Abs(_) => {
+                let (from, to) = self.range_for(&path.segment);
+                let wanted = match path.segment_index {
+                    Index::Nth(n) => n,
+                    _ => 1,
+                };
+                let found = (from..to)
+                    .filter(|&i| self.segs[i].id() == path.segment)
+                    .nth(wanted - 1);
+                let loc = match found {
+                    Some(idx) => self.seg_loc(idx),
+                    None => {
+                        let before = self.segs[..from]
+                            .iter()
+                            .filter(|s| s.id() == path.segment)
+                            .count();
+                        Loc::segment(&path.segment, before + wanted, 0)
+                    }
+                };
+                (loc, None)
+            }
+            PathRef::Json(_) => return None,
+            PathRef::Rel(_) => {
+                let (item, loc) = scope?;
+                match item {
+                    Item::Seg(_) => (loc, None),
+                    Item::Val(v) => (loc, Some(v.level())),
+                }
+            }
+        };
+        let steps = [path.field, path.component, path.subcomponent];
+        match level {
+            None => {
+                loc.field = path.field.map(n32).or(loc.field);
+                loc.rep = match path.repetition {
+                    Index::Nth(r) => Some(n32(r)),
+                    _ => None,
+                };
+                loc.comp = path.component.map(n32);
+                loc.sub = path.subcomponent.map(n32);
+            }
+            Some(mut level) => {
+                for n in steps.into_iter().flatten() {
+                    loc = loc.down(level, n);
+                    level = match level {
+                        Level::Field | Level::Repetition => Level::Component,
+                        _ => Level::Leaf,
+                    };
+                }
+            }
+        }
+        Some(loc)
+    }
+}
+
+impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
+    type Item = Item<'a>;
+    type Loc = Loc;
+
+    fn select(
+        &self,
+        scope: Scope<'a>,
+        p: &PathRef,
+        first_only: bool,
+        out: &mut impl Sink<(Item<'a>, Loc)>,
+    ) {
+        self.select_hl7(scope, p, first_only, out);
+    }
+
+    fn loc_of(&self, scope: Scope<'a>, p: &PathRef) -> Option<Loc> {
+        self.loc_of_hl7(scope, p)
+    }
+
+    fn leaf(&self, item: Item<'a>, loc: Loc) -> Option<(Cow<'a, str>, Cow<'a, str>, Loc)> {
+        leaf(item, loc).map(|(raw, text, loc)| (Cow::Borrowed(raw), text, loc))
+    }
+
+    fn present(&self, item: Item<'a>, loc: Loc) -> bool {
+        match item {
+            Item::Seg(_) => true,
+            _ => leaf(item, loc).is_some(),
+        }
+    }
+
+    fn text(&self, item: Item<'a>, loc: Loc) -> Option<Cow<'a, str>> {
+        match item {
+            Item::Seg(_) => Some(Cow::Borrowed("")),
+            _ => leaf(item, loc).map(|(_, t, _)| t),
+        }
+    }
+
+    fn blank(&self, item: Item<'a>) -> bool {
+        match item {
+            Item::Val(v) => is_blank(&v),
+            Item::Seg(_) => false,
+        }
+    }
+
+    fn location(&self, loc: Loc) -> Option<Location> {
+        Some(loc.location())
+    }
+
+    fn path(&self, loc: Loc) -> String {
+        loc.path()
+    }
+
+    fn groups(&mut self, starts: &[String]) -> Vec<Option<(usize, usize)>> {
+        if starts.is_empty() {
+            self.group_ids.clear();
+            return vec![None];
+        }
+        self.group_ranges(starts).into_iter().map(Some).collect()
+    }
+
+    fn enter(&mut self, group: Option<(usize, usize)>) {
+        self.group = group;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hl7::Separators;
+
+    /// The cached split must give exactly what `Value::component` gives: fields (first repetition only),
+    /// repetitions, empty and trailing components, more components than the cache holds, and values split
+    /// one after the other.
+    #[test]
+    fn components_agree_with_value_component() {
+        let many = (1..=20)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join("^");
+        let texts = [
+            "",
+            "a",
+            "a^b^c",
+            "^^^x^",
+            "a^b~c^d^e",
+            "~x^y",
+            "a&b^c&d",
+            many.as_str(),
+            "1^2^3^4^5^6^7^8^9^10^11^12^13^14^15^16",
+            "1^2^3^4^5^6^7^8^9^10^11^12^13^14^15^16^17",
+        ];
+        let mut cache = Components::new();
+        for level in [
+            Level::Field,
+            Level::Repetition,
+            Level::Component,
+            Level::Leaf,
+        ] {
+            for text in texts {
+                let v = Value::new(text, Separators::default(), level);
+                for n in 0..=22 {
+                    let want = v.component(n).map(|c| (c.raw(), c.level()));
+                    let got = cache.component(v, n).map(|c| (c.raw(), c.level()));
+                    assert_eq!(got, want, "{level:?} {text:?} component {n}");
+                }
+            }
+        }
+    }
+}
