@@ -52,13 +52,17 @@ enum Command {
         #[command(subcommand)]
         what: MappingsCommand,
     },
-    /// Map one HL7 v2 message file with the mappings and print the events it produces.
+    /// Map one HL7 v2 message file (or a FHIR resource, JSON) with the mappings and print the
+    /// events it produces.
     Map {
-        /// The message file (any MSH-18 character set).
+        /// The message file (any MSH-18 character set), or a FHIR Patient or ServiceRequest.
         file: PathBuf,
         /// Show, for every output field, the rule, the source path and the raw value.
         #[arg(long)]
         explain: bool,
+        /// For a FHIR resource: the interaction it arrives with (create or update).
+        #[arg(long, default_value = "create", value_parser = ["create", "update"])]
+        interaction: String,
         /// The mappings folder.
         #[arg(long, env = "FERRY_MAPPINGS_DIR", default_value = "mappings")]
         mappings: PathBuf,
@@ -177,8 +181,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Map {
             file,
             explain,
+            interaction,
             mappings,
-        } => map_file(&file, explain, &mappings),
+        } => map_file(&file, explain, &interaction, &mappings),
         Command::Send {
             files,
             to,
@@ -463,6 +468,7 @@ fn mappings_command(what: MappingsCommand) -> anyhow::Result<ExitCode> {
 fn map_file(
     file: &std::path::Path,
     explain: bool,
+    interaction: &str,
     dir: &std::path::Path,
 ) -> anyhow::Result<ExitCode> {
     let set = match load_mappings(dir)? {
@@ -470,22 +476,50 @@ fn map_file(
         Err(code) => return Ok(code),
     };
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let decoded = ferry::hl7::decode(&bytes, &ferry::hl7::DecodeOptions::default())
-        .with_context(|| format!("cannot decode {}", file.display()))?;
-    let message = ferry::hl7::Message::parse(&decoded.text)
-        .with_context(|| format!("{} is not an HL7 v2 message", file.display()))?;
-    let result = if explain {
-        set.explain(&message).map(|(m, e)| (m, Some(e)))
+    // A FHIR resource is JSON: an object, so its first non-blank byte is `{`; an HL7 message
+    // starts with MSH (or a BOM and MSH).
+    let is_json = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|b| *b == b'{');
+    let (result, what) = if is_json {
+        let resource: serde_json::Value = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not JSON", file.display()))?;
+        let interaction = if interaction == "update" {
+            ferry::mapping::FhirInteraction::Update
+        } else {
+            ferry::mapping::FhirInteraction::Create
+        };
+        let what = format!(
+            "{} {}",
+            resource["resourceType"]
+                .as_str()
+                .unwrap_or("(no resourceType)"),
+            interaction.as_str()
+        );
+        let result = if explain {
+            set.explain_fhir(interaction, &resource)
+                .map(|(m, e)| (m, Some(e)))
+        } else {
+            set.map_fhir(interaction, &resource).map(|m| (m, None))
+        };
+        (result, what)
     } else {
-        set.map(&message).map(|m| (m, None))
+        let decoded = ferry::hl7::decode(&bytes, &ferry::hl7::DecodeOptions::default())
+            .with_context(|| format!("cannot decode {}", file.display()))?;
+        let message = ferry::hl7::Message::parse(&decoded.text)
+            .with_context(|| format!("{} is not an HL7 v2 message", file.display()))?;
+        let result = if explain {
+            set.explain(&message).map(|(m, e)| (m, Some(e)))
+        } else {
+            set.map(&message).map(|m| (m, None))
+        };
+        (result, format!("message type {}", message.msh_field(9)))
     };
     match result {
         Ok((mapped, explanations)) => {
             if matches!(mapped, Mapped::Unmapped) {
-                eprintln!(
-                    "ferry: no mapping applies to message type {}",
-                    message.msh_field(9)
-                );
+                eprintln!("ferry: no mapping applies to {what}");
             }
             println!(
                 "{}",
@@ -495,6 +529,20 @@ fn map_file(
                 print_explanations(&explanations);
             }
             Ok(ExitCode::SUCCESS)
+        }
+        Err(e) if is_json => {
+            println!(
+                "error {} at {}: {} (mapping {})",
+                e.code.code(),
+                if e.path.is_empty() {
+                    "no element"
+                } else {
+                    &e.path
+                },
+                e.message,
+                e.mapping
+            );
+            Ok(ExitCode::FAILURE)
         }
         Err(e) => {
             println!(

@@ -285,3 +285,110 @@ async fn one_tenant_never_sees_another_and_bad_tokens_get_nothing() {
     assert_eq!(get(&app, "/fhir/metadata", None).await.status, 200);
     app.shutdown().await;
 }
+
+/// A write with a token (or none).
+async fn write(
+    app: &App,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &Value,
+) -> common::HttpResponse {
+    let auth = token.map(bearer);
+    let mut headers = vec![("Content-Type", "application/fhir+json")];
+    if let Some(a) = auth.as_deref() {
+        headers.push(("Authorization", a));
+    }
+    http(
+        app.http_addr,
+        method,
+        path,
+        &headers,
+        body.to_string().as_bytes(),
+    )
+    .await
+}
+
+/// Writes need write scopes, land in the token's tenant, and cannot touch another tenant's data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_need_write_scopes_and_stay_in_the_tokens_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = start(dir.path()).await;
+    let patient = json!({
+        "resourceType": "Patient",
+        "identifier": [{ "system": "urn:oid:1.2.3.4", "value": "W-1" }],
+        "name": [{ "family": "Write" }]
+    });
+    let create = |scope: &str| token(MARY, scope, json!({}));
+    // Read scopes (v1 and v2) do not allow a create; no token is a 401.
+    let read_only = write(
+        &app,
+        "POST",
+        "/fhir/Patient",
+        Some(&create("system/Patient.read")),
+        &patient,
+    )
+    .await;
+    assert_refused(&read_only, 403, "forbidden");
+    let rs = write(
+        &app,
+        "POST",
+        "/fhir/Patient",
+        Some(&create("system/Patient.rs")),
+        &patient,
+    )
+    .await;
+    assert_refused(&rs, 403, "forbidden");
+    let anonymous = write(&app, "POST", "/fhir/Patient", None, &patient).await;
+    assert_refused(&anonymous, 401, "login");
+    // v2 `c` creates; a Patient write scope does not cover ServiceRequest.
+    let created = write(
+        &app,
+        "POST",
+        "/fhir/Patient",
+        Some(&create("system/Patient.cu system/Patient.r")),
+        &patient,
+    )
+    .await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    let id = created.json()["id"].as_str().unwrap().to_owned();
+    let order = json!({
+        "resourceType": "ServiceRequest", "status": "active", "intent": "order",
+        "code": { "text": "x" }, "subject": { "reference": format!("Patient/{id}") }
+    });
+    let no_order_scope = write(
+        &app,
+        "POST",
+        "/fhir/ServiceRequest",
+        Some(&create("system/Patient.cu")),
+        &order,
+    )
+    .await;
+    assert_refused(&no_order_scope, 403, "forbidden");
+
+    // Paul's token: Mary's Patient is unknown to it, for reading, updating and as an order's subject.
+    let paul = token(PAUL, "system/*.cruds", json!({}));
+    let r = get(&app, &format!("/fhir/Patient/{id}"), Some(&paul)).await;
+    assert_refused(&r, 404, "not-found");
+    let mut update = created.json();
+    update["name"][0]["family"] = json!("Hijack");
+    let hijack = write(
+        &app,
+        "PUT",
+        &format!("/fhir/Patient/{id}"),
+        Some(&paul),
+        &update,
+    )
+    .await;
+    assert_refused(&hijack, 404, "not-found");
+    let foreign_subject = write(&app, "POST", "/fhir/ServiceRequest", Some(&paul), &order).await;
+    assert_eq!(foreign_subject.status, 422, "{}", foreign_subject.body);
+    // The same identifier in Paul's tenant is Paul's own patient, not a conflict with Mary's.
+    let own = write(&app, "POST", "/fhir/Patient", Some(&paul), &patient).await;
+    assert_eq!(own.status, 201, "{}", own.body);
+    assert_ne!(own.json()["id"], json!(id));
+    let mary = token(MARY, "system/Patient.r", json!({}));
+    let still = get(&app, &format!("/fhir/Patient/{id}"), Some(&mary)).await;
+    assert_eq!(still.json()["name"][0]["family"], "Write");
+    app.shutdown().await;
+}

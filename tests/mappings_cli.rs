@@ -140,6 +140,55 @@ fn map_explain_names_rule_source_and_raw_value() {
     );
 }
 
+#[test]
+fn map_explains_a_fhir_resource_by_its_elements() {
+    let fixture = manifest("fixtures/fhir/servicerequest_update.json");
+    let out = ferry(&[
+        "map",
+        fixture.to_str().unwrap(),
+        "--interaction",
+        "update",
+        "--explain",
+    ]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("\"event\": \"OrderChanged\""), "{text}");
+    let placer = text
+        .lines()
+        .find(|l| {
+            l.trim_start()
+                .starts_with("order.placer_order_number.authority")
+        })
+        .unwrap_or_else(|| panic!("no explanation of the placer number:\n{text}"));
+    assert!(
+        placer.contains("ServiceRequest.identifier[0].system")
+            && placer.contains("urn:oid:1.2.276.0.76.4.17.2")
+            && placer.contains("transform authority"),
+        "{placer}"
+    );
+    // A create (`--interaction` defaults to create; the fixture has no id) is a new order: NW.
+    let created = ferry(&[
+        "map",
+        manifest("fixtures/fhir/servicerequest_create.json")
+            .to_str()
+            .unwrap(),
+    ]);
+    assert!(
+        stdout(&created).contains("\"control\": \"NW\""),
+        "{}",
+        stdout(&created)
+    );
+
+    let bad = manifest("fixtures/fhir/patient_bad_gender.json");
+    let out = ferry(&["map", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).starts_with("error 103 at Patient.gender"),
+        "{}",
+        stdout(&out)
+    );
+}
+
 /// The committed schema files are what the code generates (so editors and docs never drift).
 #[test]
 fn committed_schemas_match_the_code() {

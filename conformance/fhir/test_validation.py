@@ -134,8 +134,12 @@ ERRORS = [
     ("GET", "metadata", {"Accept": "application/fhir+xml"}, 406, "not-supported", "_format"),
     ("GET", "Patient?_format=xml", {}, 406, "not-supported", "_format"),
     ("DELETE", "Patient/x", {}, 405, "not-supported", None),
-    ("PUT", "Patient/x", {"Content-Type": "application/fhir+json"}, 405, "not-supported", None),
-    ("POST", "Patient", {"Content-Type": "application/fhir+json"}, 405, "not-supported", None),
+    # Writes of Patient and ServiceRequest exist; without a body they are bad requests.
+    ("PUT", "Patient/x", {"Content-Type": "application/fhir+json"}, 400, "invalid", None),
+    ("POST", "Patient", {"Content-Type": "application/fhir+json"}, 400, "invalid", None),
+    # Other types are read-only.
+    ("POST", "Encounter", {"Content-Type": "application/fhir+json"}, 405, "not-supported", None),
+    ("PUT", "Observation/x", {"Content-Type": "application/fhir+json"}, 405, "not-supported", None),
 ]
 
 

@@ -111,7 +111,9 @@ class Validator:
             return False
         self.valid[document["resourceType"]] += 1
         for entry in document.get("entry", []) if document["resourceType"] == "Bundle" else []:
-            self.valid[f"{entry['resource']['resourceType']} (in a Bundle)"] += 1
+            # A transaction-response's entries carry a response, not always a resource.
+            if "resource" in entry:
+                self.valid[f"{entry['resource']['resourceType']} (in a Bundle)"] += 1
         return True
 
     def take_failures(self) -> list[str]:

@@ -17,8 +17,11 @@ pub fn json_schema() -> Value {
     let events: Vec<&str> = domain::catalogue().iter().map(|s| s.name).collect();
     let path = json!({
         "type": "string",
-        "description": "A path: PID.3[*].4.1 (segment[occurrence].field[repetition].component.subcomponent, 1-based; [*] = every one). Inside `as:` datatypes and the `fields:` of each/pick/path, relative paths start with a dot: .4.1, or . for the value itself.",
-        "pattern": "^([A-Z][A-Z0-9]{2}(\\[([0-9]+|\\*)\\])?)?(\\.([0-9]+(\\[([0-9]+|\\*)\\])?(\\.[0-9]+){0,2})?)?$"
+        "description": "A path. HL7 files: PID.3[*].4.1 (segment[occurrence].field[repetition].component.subcomponent, 1-based; [*] = every one). FHIR files (fhir/): identifier[*].value (element[index], 0-based; [*] = every item). Inside `as:` datatypes and the `fields:` of each/pick/path, relative paths start with a dot: .4.1 or .system, or . for the value itself.",
+        "anyOf": [
+            {"pattern": "^([A-Z][A-Z0-9]{2}(\\[([0-9]+|\\*)\\])?)?(\\.([0-9]+(\\[([0-9]+|\\*)\\])?(\\.[0-9]+){0,2})?)?$"},
+            {"pattern": "^(\\.|\\.?[A-Za-z][A-Za-z0-9_]*(\\[([0-9]+|\\*)\\])?(\\.[A-Za-z][A-Za-z0-9_]*(\\[([0-9]+|\\*)\\])?)*)$"}
+        ]
     });
     let scalar = json!({"type": ["string", "boolean", "number"]});
     let condition = json!({
@@ -99,6 +102,39 @@ pub fn json_schema() -> Value {
             }
         }
     });
+    let mut fhir = inbound.clone();
+    fhir["title"] = json!("Ferry FHIR mapping (mappings/fhir/*.yaml)");
+    fhir["required"] = json!(["resource", "interactions", "event", "stream", "fields"]);
+    if let Some(props) = fhir["properties"].as_object_mut() {
+        props.remove("messages");
+        props.remove("for_each");
+        props.insert(
+            "resource".into(),
+            json!({"enum": super::ast::WRITABLE_RESOURCES, "description": "the resource type written"}),
+        );
+        props.insert(
+            "interactions".into(),
+            json!({"description": "the FHIR interactions this file maps", "anyOf": [{"enum": ["create", "update"]}, {"type": "array", "items": {"enum": ["create", "update"]}}]}),
+        );
+    }
+    if let Some(example) = fhir["properties"]["examples"]["items"]["properties"].as_object_mut() {
+        example.remove("expect_ack");
+        example.insert(
+            "input".into(),
+            json!({"type": "string", "description": "FHIR resource file (JSON), relative to this file"}),
+        );
+        example.insert(
+            "expect_error".into(),
+            json!({
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {
+                    "error": {"type": ["integer", "string"], "description": "101, 102 or 103"},
+                    "path": {"type": "string", "description": "the element, e.g. Patient.gender"}
+                }
+            }),
+        );
+    }
     let datatypes = json!({
         "title": "Ferry datatypes.yaml",
         "type": "object",
@@ -132,6 +168,7 @@ pub fn json_schema() -> Value {
         "title": "Ferry mapping files",
         "anyOf": [
             {"$ref": "#/$defs/inbound"},
+            {"$ref": "#/$defs/fhir"},
             {"$ref": "#/$defs/datatypes"},
             {"$ref": "#/$defs/table"},
             {"$ref": "#/$defs/settings"}
@@ -141,6 +178,7 @@ pub fn json_schema() -> Value {
             "condition": condition,
             "rule": rule,
             "inbound": inbound,
+            "fhir": fhir,
             "datatypes": datatypes,
             "table": table,
             "settings": settings

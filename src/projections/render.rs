@@ -136,6 +136,14 @@ fn coding(
 }
 
 fn concept_of(key: &ResourceKey, c: &domain::Code) -> R<CodeableConcept> {
+    // A concept that is only text (a FHIR CodeableConcept without coding; an HL7 CE whose code is
+    // its text, without a coding system) stays text: a coding needs a code from some system.
+    if c.system.is_none() && c.display.as_deref() == Some(c.code.as_str()) {
+        return CodeableConcept::builder()
+            .text(c.code.as_str().to_owned())
+            .build()
+            .map_err(|e| render_error(key, e));
+    }
     let coding = coding(
         key,
         coding_system(c.system.as_deref()),

@@ -4,6 +4,7 @@
 use serde_json::{Value, json};
 
 use super::params;
+use crate::mapping::WRITABLE_RESOURCES;
 use crate::projections::ResourceType;
 
 /// The statement as served (read through fhir-sdk's model, so it is a valid resource).
@@ -47,19 +48,32 @@ fn statement_value() -> Value {
                     }),
                 ])
                 .collect();
+            let writable = WRITABLE_RESOURCES.contains(&rt.as_str());
+            let mut interaction = vec![
+                json!({ "code": "read" }),
+                json!({ "code": "vread" }),
+                json!({ "code": "history-instance" }),
+                json!({ "code": "history-type" }),
+                json!({ "code": "search-type" }),
+            ];
+            if writable {
+                interaction.push(json!({
+                    "code": "create",
+                    "documentation": "Mapped to domain events by mappings/fhir/; the id is \
+                        derived from the first identifier (409 when that identifier is known)."
+                }));
+                interaction.push(json!({
+                    "code": "update",
+                    "documentation": "Of a resource Ferry holds; If-Match is honoured (412)."
+                }));
+            }
             let mut resource = json!({
                 "type": rt.as_str(),
-                "interaction": [
-                    { "code": "read" },
-                    { "code": "vread" },
-                    { "code": "history-instance" },
-                    { "code": "history-type" },
-                    { "code": "search-type" }
-                ],
-                "versioning": "versioned",
+                "interaction": interaction,
+                "versioning": if writable { "versioned-update" } else { "versioned" },
                 "readHistory": true,
                 "updateCreate": false,
-                "conditionalCreate": false,
+                "conditionalCreate": writable,
                 "conditionalRead": "not-supported",
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
@@ -80,20 +94,27 @@ fn statement_value() -> Value {
         "kind": "instance",
         "software": { "name": "Ferry", "version": env!("CARGO_PKG_VERSION") },
         "implementation": {
-            "description": "Ferry HL7 v2 / FHIR gateway: read-only FHIR R4 API over the projections of its event store"
+            "description": "Ferry HL7 v2 / FHIR gateway: FHIR R4 API over the projections of its event store; writes become domain events"
         },
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
         "rest": [{
             "mode": "server",
-            "documentation": "Resources are projections of HL7 v2 feeds. Search: repeated \
+            "documentation": "Resources are projections of the event store, which HL7 v2 feeds \
+                and FHIR writes append to. Writes (create, update, transaction) of Patient and \
+                ServiceRequest are mapped to domain events by mappings/fhir/. Search: repeated \
                 parameters AND, comma-separated values OR (a literal comma cannot be escaped); \
                 string parameters match by prefix ignoring case and accents (:exact and :contains \
                 are supported); dates take the prefixes eq ne gt lt ge le sa eb ap; paging with \
                 _count (default 20, at most 1000) and the next/previous links; _summary=count. \
                 Unknown parameters are ignored unless the request says Prefer: handling=strict.",
             "resource": resources,
-            "interaction": [],
+            "interaction": [{
+                "code": "transaction",
+                "documentation": "Bundles of POST (create, with ifNoneExist) and PUT (update, with \
+                    ifMatch) entries of Patient and ServiceRequest, applied atomically; urn:uuid \
+                    references between entries are resolved."
+            }],
         }],
     })
 }
@@ -132,16 +153,15 @@ mod tests {
             for p in params::params(rt) {
                 assert!(names.contains(&p.name), "{rt} lacks {}", p.name);
             }
-            // No write interaction is claimed.
+            // Writes are claimed exactly for the types the API writes; delete never.
             let codes: Vec<&str> = r["interaction"]
                 .as_array()
                 .map(|a| a.iter().filter_map(|i| i["code"].as_str()).collect())
                 .unwrap_or_default();
-            assert!(
-                !codes
-                    .iter()
-                    .any(|c| ["create", "update", "delete"].contains(c))
-            );
+            let writable = WRITABLE_RESOURCES.contains(&rt.as_str());
+            assert_eq!(codes.contains(&"create"), writable, "{rt}");
+            assert_eq!(codes.contains(&"update"), writable, "{rt}");
+            assert!(!codes.contains(&"delete"));
         }
     }
 }
