@@ -279,6 +279,13 @@ async fn writes_go_through_mappings_and_the_store(url: String) {
     );
     let by_patient = search(addr, &format!("ServiceRequest?patient={id}")).await;
     assert_eq!(by_patient["total"], 1);
+    assert_eq!(sr["requisition"]["value"], "REQ-2026-0007");
+    let by_requisition = search(
+        addr,
+        &format!("ServiceRequest?requisition={SYSTEM}.3%7CREQ-2026-0007"),
+    )
+    .await;
+    assert_eq!(by_requisition["total"], 1, "{by_requisition}");
 
     // A subject Ferry does not hold, or none at all: 422 at the element.
     let mut orphan = fixture("servicerequest_create.json");
@@ -337,6 +344,22 @@ async fn writes_go_through_mappings_and_the_store(url: String) {
     let after = http(addr, "GET", &path, &[], b"").await.json();
     assert_eq!(after["name"][0]["family"], "Brenner", "{after}");
     assert_eq!(after["meta"]["versionId"], "4");
+
+    // ORC-4 is the requisition: the two orders of one ORM share it.
+    let two = std::fs::read(manifest("fixtures/hl7v2/orm_o01_nw_two_orders.hl7")).unwrap();
+    let ack = client.request(&two).await.unwrap();
+    let summary = summarize_ack(&String::from_utf8_lossy(&ack)).unwrap();
+    assert_eq!(summary.code, Some(AckCode::AA));
+    let group = search(
+        addr,
+        "ServiceRequest?requisition=urn:ferry:authority:FERRY-TEST%7CPG0107",
+    )
+    .await;
+    assert_eq!(group["total"], 2, "{group}");
+    assert_eq!(
+        group["entry"][0]["resource"]["requisition"]["value"],
+        "PG0107"
+    );
 
     app.shutdown().await;
 }

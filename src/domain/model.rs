@@ -206,6 +206,10 @@ pub struct Order {
     pub placer_order_number: Option<Identifier>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filler_order_number: Option<Identifier>,
+    /// The placer group number (ORC-4): the requisition several orders were placed under together
+    /// (FHIR ServiceRequest.requisition).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placer_group_number: Option<Identifier>,
     /// Order status (ORC-5, HL7 table 0038), as sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,

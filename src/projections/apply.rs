@@ -400,6 +400,7 @@ fn merge_order(old: &domain::Order, new: &domain::Order) -> domain::Order {
         control: new.control.clone(),
         placer_order_number: pick(&new.placer_order_number, &old.placer_order_number),
         filler_order_number: pick(&new.filler_order_number, &old.filler_order_number),
+        placer_group_number: pick(&new.placer_group_number, &old.placer_group_number),
         status: pick(&new.status, &old.status),
         code: pick(&new.code, &old.code),
         priority: pick(&new.priority, &old.priority),

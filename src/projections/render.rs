@@ -475,6 +475,9 @@ fn service_request(key: &ResourceKey, meta: Meta, s: &OrderState) -> R<ServiceRe
     if let Some(code) = &o.code {
         b = b.code(concept_of(key, code)?);
     }
+    if let Some(group) = &o.placer_group_number {
+        b = b.requisition(identifier(key, group, Some("PGN"))?);
+    }
     if let Some(encounter) = &s.encounter {
         b = b.encounter(reference(key, &format!("Encounter/{encounter}"))?);
     }

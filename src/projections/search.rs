@@ -257,6 +257,9 @@ pub fn entries(state: &State) -> Vec<Entry> {
             {
                 out.push(identifier("identifier", id));
             }
+            if let Some(group) = &o.placer_group_number {
+                out.push(identifier("requisition", group));
+            }
             if let Some(c) = &o.code {
                 out.push(code("code", c));
             }

@@ -147,6 +147,12 @@ const SERVICE_REQUEST: &[Param] = &[
         "identifier",
         "Placer or filler order number (system|value).",
     ),
+    p(
+        "requisition",
+        Kind::Token,
+        "requisition",
+        "Placer group number: the requisition orders were placed under together (system|value).",
+    ),
 ];
 
 const OBSERVATION: &[Param] = &[
