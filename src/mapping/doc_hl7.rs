@@ -574,6 +574,7 @@ impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
     type Item = Item<'a>;
     type Loc = Loc;
 
+    #[inline]
     fn select(
         &self,
         scope: Scope<'a>,
@@ -584,14 +585,17 @@ impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
         self.select_hl7(scope, p, first_only, out);
     }
 
+    #[inline]
     fn loc_of(&self, scope: Scope<'a>, p: &PathRef) -> Option<Loc> {
         self.loc_of_hl7(scope, p)
     }
 
+    #[inline]
     fn leaf(&self, item: Item<'a>, loc: Loc) -> Option<(Cow<'a, str>, Cow<'a, str>, Loc)> {
         leaf(item, loc).map(|(raw, text, loc)| (Cow::Borrowed(raw), text, loc))
     }
 
+    #[inline]
     fn present(&self, item: Item<'a>, loc: Loc) -> bool {
         match item {
             Item::Seg(_) => true,
@@ -599,6 +603,7 @@ impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
         }
     }
 
+    #[inline]
     fn text(&self, item: Item<'a>, loc: Loc) -> Option<Cow<'a, str>> {
         match item {
             Item::Seg(_) => Some(Cow::Borrowed("")),
@@ -606,6 +611,7 @@ impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
         }
     }
 
+    #[inline]
     fn blank(&self, item: Item<'a>) -> bool {
         match item {
             Item::Val(v) => is_blank(&v),
@@ -613,14 +619,17 @@ impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
         }
     }
 
+    #[inline]
     fn location(&self, loc: Loc) -> Option<Location> {
         Some(loc.location())
     }
 
+    #[inline]
     fn path(&self, loc: Loc) -> String {
         loc.path()
     }
 
+    #[inline]
     fn groups(&mut self, starts: &[String]) -> Vec<Option<(usize, usize)>> {
         if starts.is_empty() {
             self.group_ids.clear();
@@ -629,6 +638,7 @@ impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
         self.group_ranges(starts).into_iter().map(Some).collect()
     }
 
+    #[inline]
     fn enter(&mut self, group: Option<(usize, usize)>) {
         self.group = group;
     }
