@@ -220,11 +220,16 @@ async fn writes_go_through_mappings_and_the_store(url: String) {
         Some("If-Match"),
     );
     let bad_gender = fixture("patient_bad_gender.json");
+    let before = app.store.counts().await.unwrap();
     assert_outcome(
         &send(addr, "POST", "/fhir/Patient", &[], &bad_gender).await,
         400,
         Some("Patient.gender"),
     );
+    // A refused write is kept in the inbound log (with its reason), and writes no event.
+    let after = app.store.counts().await.unwrap();
+    assert_eq!(after.inbound, before.inbound + 1);
+    assert_eq!(after.events, before.events);
     let wrong_type = send(
         addr,
         "POST",
@@ -307,6 +312,24 @@ async fn writes_go_through_mappings_and_the_store(url: String) {
         .await,
         422,
         Some("ServiceRequest.subject"),
+    );
+
+    // An order cannot move to another patient by an update.
+    let other_id = fresh.json()["id"].as_str().unwrap().to_owned();
+    let mut moved = fixture("servicerequest_update.json");
+    moved["id"] = json!(sr_id);
+    moved["subject"] = json!({ "reference": format!("Patient/{other_id}") });
+    assert_outcome(
+        &send(
+            addr,
+            "PUT",
+            &format!("/fhir/ServiceRequest/{sr_id}"),
+            &[],
+            &moved,
+        )
+        .await,
+        422,
+        Some("ServiceRequest.subject.reference"),
     );
 
     // Revoking the order is a cancellation.

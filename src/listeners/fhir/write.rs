@@ -118,7 +118,8 @@ pub(super) async fn update(
     single(state, &caller, &headers, request, &body).await
 }
 
-/// `POST /fhir` with a `transaction` Bundle: every entry is applied, or none.
+/// `POST /fhir` with a `transaction` Bundle: every entry is applied, or none. A refused Bundle is
+/// kept in the inbound log with the reason, as a refused single write is.
 pub(super) async fn transaction(
     State(state): State<FhirState>,
     caller: Caller,
@@ -127,7 +128,20 @@ pub(super) async fn transaction(
     body: Bytes,
 ) -> Result<Response, FhirError> {
     negotiate(&headers, &query_pairs(raw.as_deref()))?;
-    let bundle = parse_body(&body)?;
+    let result = apply_transaction(&state, &caller, &headers, &body).await;
+    if let Err(e) = &result {
+        log_rejected(&state, caller.tenant(), "Bundle transaction", &body, e).await;
+    }
+    result
+}
+
+async fn apply_transaction(
+    state: &FhirState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, FhirError> {
+    let bundle = parse_body(body)?;
     if bundle.get("resourceType").and_then(J::as_str) != Some("Bundle") {
         return Err(FhirError::bad_request(
             "POST to the base URL takes a Bundle of type transaction",
@@ -226,7 +240,7 @@ pub(super) async fn transaction(
             at: format!("{at}.resource"),
         };
         let local_body = request.body.clone();
-        let plan = plan(&state, &mappings, &tenant, request, &local).await?;
+        let plan = plan(state, &mappings, &tenant, request, &local).await?;
         if let Some(full_url) = entry.get("fullUrl").and_then(J::as_str) {
             local.insert(
                 full_url.to_owned(),
@@ -236,8 +250,8 @@ pub(super) async fn transaction(
         slots[i] = Some(plan);
     }
     planned.extend(slots.into_iter().flatten());
-    let inbound_id = commit(&state, &tenant, "Bundle transaction", &body, &mut planned).await?;
-    let base = base_url(&state, &headers);
+    let inbound_id = commit(state, &tenant, "Bundle transaction", body, &mut planned).await?;
+    let base = base_url(state, headers);
     let mut response_entries = Vec::with_capacity(planned.len());
     for p in &planned {
         let stored = match &p.existing {
@@ -302,6 +316,7 @@ async fn single(
     let tenant = caller.tenant().to_owned();
     let what = format!("{} {}", request.resource_type, request.interaction.as_str());
     let rt = request.resource_type;
+    let conditional = request.if_none_exist.clone();
     let planned = match plan(&state, &mappings, &tenant, request, &HashMap::new()).await {
         Ok(p) => p,
         Err(e) => {
@@ -315,7 +330,18 @@ async fn single(
         return Ok(written(StatusCode::OK, existing, &base));
     }
     let mut planned = vec![planned];
-    commit(&state, &tenant, &what, raw, &mut planned).await?;
+    if let Err(e) = commit(&state, &tenant, &what, raw, &mut planned).await {
+        // Two conditional creates of the same resource raced: the other one created it between
+        // our search and our commit (its identifier keys the same stream). FHIR's answer to a
+        // conditional create that finds its match is that match.
+        if e.status == StatusCode::CONFLICT
+            && let Some(criteria) = &conditional
+            && let Some(existing) = find_one(&state, &tenant, rt, criteria).await?
+        {
+            return Ok(written(StatusCode::OK, existing, &base));
+        }
+        return Err(e);
+    }
     let p = &planned[0];
     let stored = state.store.fhir_read(&tenant, rt, &p.id, None).await?;
     let r = stored.ok_or_else(|| {
@@ -406,41 +432,22 @@ async fn plan(
     }
 
     // Conditional create: a match is the answer; several are an error (412, as FHIR says).
-    if let Some(criteria) = &request.if_none_exist {
-        let pairs: Vec<(String, String)> =
-            form_urlencoded::parse(criteria.trim_start_matches('?').as_bytes())
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-        let mut search =
-            super::params::parse(rt, &pairs, true).map_err(|e| e.at("If-None-Exist"))?;
-        search.query.count = 2;
-        search.query.offset = 0;
-        let page = state.store.fhir_search(tenant, &search.query).await?;
-        match page.resources.len() {
-            0 => {}
-            1 => {
-                let existing = page.resources.into_iter().next();
-                return Ok(Planned {
-                    resource_type: rt,
-                    id: existing.as_ref().map(|r| r.id.clone()).unwrap_or_default(),
-                    created: false,
-                    events: Vec::new(),
-                    preconditions: Vec::new(),
-                    existing,
-                });
-            }
-            _ => {
-                return Err(FhirError::new(
-                    StatusCode::PRECONDITION_FAILED,
-                    IssueType::MultipleMatches,
-                    format!("If-None-Exist {criteria:?} matches more than one {rt}"),
-                ));
-            }
-        }
+    if let Some(criteria) = &request.if_none_exist
+        && let Some(existing) = find_one(state, tenant, rt, criteria).await?
+    {
+        return Ok(Planned {
+            resource_type: rt,
+            id: existing.id.clone(),
+            created: false,
+            events: Vec::new(),
+            preconditions: Vec::new(),
+            existing: Some(existing),
+        });
     }
 
     // Update: the resource must exist, and be at the version If-Match names.
     let mut current_version = None;
+    let mut current_subject = None;
     if let Some(id) = request.id {
         let current = state.store.fhir_read(tenant, rt, id, None).await?;
         let Some(current) = current else {
@@ -454,12 +461,30 @@ async fn plan(
             return Err(stale(rt, id, expected, current.version));
         }
         current_version = Some(current.version);
+        current_subject = serde_json::from_str::<J>(&current.body).ok().and_then(|b| {
+            b.pointer("/subject/reference")
+                .and_then(J::as_str)
+                .and_then(|r| r.strip_prefix("Patient/"))
+                .map(str::to_owned)
+        });
     }
 
     // ServiceRequest.subject: the Patient it names, for the mapping to read (`subject.resolved`).
     let mut patient_stream = None;
     if rt == ResourceType::ServiceRequest {
         patient_stream = resolve_subject(state, tenant, &mut body, &at, local).await?;
+        // An order belongs to its patient: an update naming another one would be silently
+        // ignored by the read models, so it is refused (a merge is how records move).
+        if let (Some(subject), Some(stream)) = (&current_subject, &patient_stream)
+            && format!("{}-{subject}", StreamKind::Patient.as_str()) != *stream
+        {
+            return Err(unprocessable(
+                format!(
+                    "this ServiceRequest is for Patient/{subject}; an order cannot move to another patient (merge the patients instead)"
+                ),
+                format!("{at}.subject.reference"),
+            ));
+        }
     }
 
     let mapped = mappings
@@ -548,6 +573,31 @@ async fn plan(
         preconditions,
         existing: None,
     })
+}
+
+/// The one resource `If-None-Exist` criteria match; `None` when none does; 412 when several do.
+async fn find_one(
+    state: &FhirState,
+    tenant: &str,
+    rt: ResourceType,
+    criteria: &str,
+) -> Result<Option<crate::store::StoredResource>, FhirError> {
+    let pairs: Vec<(String, String)> =
+        form_urlencoded::parse(criteria.trim_start_matches('?').as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+    let mut search = super::params::parse(rt, &pairs, true).map_err(|e| e.at("If-None-Exist"))?;
+    search.query.count = 2;
+    search.query.offset = 0;
+    let page = state.store.fhir_search(tenant, &search.query).await?;
+    if page.resources.len() > 1 {
+        return Err(FhirError::new(
+            StatusCode::PRECONDITION_FAILED,
+            IssueType::MultipleMatches,
+            format!("If-None-Exist {criteria:?} matches more than one {rt}"),
+        ));
+    }
+    Ok(page.resources.into_iter().next())
 }
 
 /// Commits the planned writes as one inbound record and one transaction. Returns the inbound id.
