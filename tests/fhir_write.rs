@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::http;
 use ferry::app::App;
-use ferry::config::{ListenerSettings, MllpListenerSettings, Settings};
+use ferry::config::Settings;
 use ferry::hl7::ack::{AckCode, summarize_ack};
 use ferry::mllp::client::MllpClient;
 use serde_json::{Value, json};
@@ -26,22 +26,7 @@ fn manifest(rel: &str) -> PathBuf {
 }
 
 fn settings(url: &str) -> Settings {
-    let listener = MllpListenerSettings {
-        name: "adt-feed".into(),
-        listen: "127.0.0.1:0".parse().unwrap(),
-        hospital_id: TENANT.into(),
-        ..MllpListenerSettings::default()
-    };
-    let mut s = Settings {
-        listeners: vec![ListenerSettings::Mllp(listener)],
-        shutdown_grace_secs: 5,
-        ..Settings::default()
-    };
-    s.store.url = url.to_owned();
-    s.http.listen = "127.0.0.1:0".parse().unwrap();
-    s.http.hospital_id = TENANT.into();
-    s.mappings.dir = manifest("mappings");
-    s
+    common::app_settings(url, TENANT)
 }
 
 fn fixture(name: &str) -> Value {

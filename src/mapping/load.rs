@@ -1305,14 +1305,7 @@ impl Loader<'_> {
                         let mut path = None;
                         for (k, a) in self.entries(file, v, &["error", "path"], "`expect_error`") {
                             match k {
-                                "error" => match a.as_str().and_then(|s| s.parse::<u16>().ok()) {
-                                    Some(n) => error = Some(n),
-                                    None => self.problem(
-                                        file,
-                                        a.pos,
-                                        "`error` is an HL7 table 0357 code, e.g. 101",
-                                    ),
-                                },
+                                "error" => error = self.error_code(file, a),
                                 _ => path = self.string(file, a, "`path`"),
                             }
                         }
@@ -1337,14 +1330,7 @@ impl Loader<'_> {
                                     ),
                                     None => {}
                                 },
-                                "error" => match a.as_str().and_then(|s| s.parse::<u16>().ok()) {
-                                    Some(n) => error = Some(n),
-                                    None => self.problem(
-                                        file,
-                                        a.pos,
-                                        "`error` is an HL7 table 0357 code, e.g. 101",
-                                    ),
-                                },
+                                "error" => error = self.error_code(file, a),
                                 _ => location = self.string(file, a, "`location`"),
                             }
                         }
@@ -1399,6 +1385,19 @@ impl Loader<'_> {
             }
         }
         out
+    }
+
+    /// An example's expected error code (HL7 table 0357, e.g. 101).
+    fn error_code(&mut self, file: usize, node: &Node) -> Option<u16> {
+        let code = node.as_str().and_then(|s| s.parse::<u16>().ok());
+        if code.is_none() {
+            self.problem(
+                file,
+                node.pos,
+                "`error` is an HL7 table 0357 code, e.g. 101",
+            );
+        }
+        code
     }
 
     /// Whether an expected-events file exists and is a JSON array; problems point into that file when not.

@@ -253,3 +253,25 @@ fn dechunk(mut rest: &str) -> String {
     }
     out
 }
+
+/// Settings for a whole `App` on loopback ports: one MLLP listener `adt-feed` and the FHIR API,
+/// both for `tenant`, the shipped mappings, the store at `url`.
+pub fn app_settings(url: &str, tenant: &str) -> ferry::config::Settings {
+    use ferry::config::{ListenerSettings, MllpListenerSettings, Settings};
+    let listener = MllpListenerSettings {
+        name: "adt-feed".into(),
+        listen: "127.0.0.1:0".parse().expect("loopback address"),
+        hospital_id: tenant.into(),
+        ..MllpListenerSettings::default()
+    };
+    let mut s = Settings {
+        listeners: vec![ListenerSettings::Mllp(listener)],
+        shutdown_grace_secs: 5,
+        ..Settings::default()
+    };
+    s.store.url = url.to_owned();
+    s.http.listen = "127.0.0.1:0".parse().expect("loopback address");
+    s.http.hospital_id = tenant.into();
+    s.mappings.dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
+    s
+}

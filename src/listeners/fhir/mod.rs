@@ -276,15 +276,27 @@ fn resource_response(r: StoredResource, base: &str, headers: &HeaderMap) -> Resp
     {
         return StatusCode::NOT_MODIFIED.into_response();
     }
+    versioned(StatusCode::OK, r, base, header::CONTENT_LOCATION)
+}
+
+/// A resource with its version headers: ETag, Last-Modified, and the version's URL under
+/// `location` (Content-Location for a read, Location for a write).
+fn versioned(
+    status: StatusCode,
+    r: StoredResource,
+    base: &str,
+    location: header::HeaderName,
+) -> Response {
+    let tag = etag(r.version);
     let modified = httpdate::fmt_http_date(std::time::SystemTime::from(r.last_updated));
-    let location = format!("{base}/{}/{}/_history/{}", r.resource_type, r.id, r.version);
-    let mut response = (StatusCode::OK, r.body).into_response();
+    let url = format!("{base}/{}/{}/_history/{}", r.resource_type, r.id, r.version);
+    let mut response = (status, r.body).into_response();
     let h = response.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
     for (name, value) in [
         (header::ETAG, tag),
         (header::LAST_MODIFIED, modified),
-        (header::CONTENT_LOCATION, location),
+        (location, url),
     ] {
         if let Ok(v) = HeaderValue::from_str(&value) {
             h.insert(name, v);

@@ -356,22 +356,7 @@ async fn single(
 }
 
 fn written(status: StatusCode, r: crate::store::StoredResource, base: &str) -> Response {
-    let location = format!("{base}/{}/{}/_history/{}", r.resource_type, r.id, r.version);
-    let tag = etag(r.version);
-    let modified = httpdate::fmt_http_date(std::time::SystemTime::from(r.last_updated));
-    let mut response = (status, r.body).into_response();
-    let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(FHIR_JSON));
-    for (name, value) in [
-        (header::LOCATION, location),
-        (header::ETAG, tag),
-        (header::LAST_MODIFIED, modified),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name, v);
-        }
-    }
-    response
+    super::versioned(status, r, base, header::LOCATION)
 }
 
 /// Checks, resolves and maps one resource; reads what the preconditions depend on.
