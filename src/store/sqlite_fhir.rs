@@ -2,45 +2,39 @@
 //! projector made of them, inside the batch's transaction; and the reads behind the FHIR API.
 
 use sqlx::sqlite::SqliteConnection;
-use sqlx::{AssertSqlSafe, Sqlite};
 
 use futures::FutureExt;
 use futures::future::BoxFuture;
 
 use super::fhir::{FhirReader, ProjectionConn, Sql, StoredResource, bind_all};
 use super::rows;
-use super::sqlite::{format_timestamp, get, multi_row_insert, rows_per_statement};
+use super::sqlite::{format_timestamp, get};
 use super::{Backend, StoreError};
-use crate::projections::{self, Loaded, Output, ResourceKey};
+use crate::projections::{Loaded, Output, ResourceKey};
 use crate::store::RecordedEvent;
 
-type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
-
+/// The current rows of the resources a batch touches, in one fixed statement (keys as a JSON array,
+/// see [`WRITE_SQL`] for why).
 async fn load_keys(
     conn: &mut SqliteConnection,
     keys: &[ResourceKey],
 ) -> Result<Vec<Loaded>, StoreError> {
-    let mut found = Vec::new();
-    for chunk in keys.chunks(rows_per_statement(3)) {
-        let mut sql = String::from(
-            "SELECT r.hospital_id, r.resource_type, r.id, r.version_id, r.state FROM (VALUES ",
-        );
-        for n in 0..chunk.len() {
-            sql.push_str(if n == 0 { "(?,?,?)" } else { ",(?,?,?)" });
-        }
-        sql.push_str(
-            ") AS k CROSS JOIN fhir_resources AS r ON r.hospital_id = k.column1 \
-             AND r.resource_type = k.column2 AND r.id = k.column3",
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for key in chunk {
-            query = bind_key(query, key);
-        }
-        for row in query.fetch_all(&mut *conn).await? {
-            found.push(rows::loaded(&row)?);
-        }
+    if keys.is_empty() {
+        return Ok(Vec::new());
     }
-    Ok(found)
+    let json: Vec<serde_json::Value> = keys
+        .iter()
+        .map(|k| serde_json::json!([k.tenant, k.resource_type.as_str(), k.id]))
+        .collect();
+    let rows = sqlx::query(
+        "SELECT r.hospital_id, r.resource_type, r.id, r.version_id, r.state \
+         FROM json_each(?) AS k JOIN fhir_resources AS r \
+         ON r.hospital_id = k.value->>0 AND r.resource_type = k.value->>1 AND r.id = k.value->>2",
+    )
+    .bind(serde_json::Value::Array(json).to_string())
+    .fetch_all(&mut *conn)
+    .await?;
+    rows.iter().map(rows::loaded).collect()
 }
 
 async fn load_patient(
@@ -59,86 +53,80 @@ async fn load_patient(
     rows.iter().map(rows::loaded).collect()
 }
 
-/// Binds a resource's key columns (`hospital_id, resource_type, id`).
-fn bind_key<'q>(query: SqliteQuery<'q>, key: &'q ResourceKey) -> SqliteQuery<'q> {
-    query
-        .bind(key.tenant.as_str())
-        .bind(key.resource_type.as_str())
-        .bind(key.id.as_str())
-}
-
-const RESOURCE_COLUMNS: &str =
-    "hospital_id, resource_type, id, version_id, last_updated, patient_id, state, body";
-const HISTORY_COLUMNS: &str = "hospital_id, resource_type, id, version_id, last_updated, body";
-const SEARCH_COLUMNS: &str = "hospital_id, resource_type, id, param, system, value, low, high";
+/// The projection write of a batch as one fixed multi-statement query whose rows travel as JSON
+/// arrays (`json_each`): one trip to sqlx's SQLite worker thread, and a statement text that never
+/// changes, so it is prepared once per connection. Row-count-dependent `VALUES (…),(…)` texts were
+/// prepared again for nearly every batch (the number of search rows varies with every message),
+/// and each statement was a trip of its own; on a busy two-core machine both cost more than the
+/// inserts. The search rows of a changed resource are replaced as a whole; a new resource
+/// (version 1) has none to delete.
+const WRITE_SQL: &str = "\
+INSERT INTO fhir_resources (hospital_id, resource_type, id, version_id, last_updated, patient_id, state, body) \
+SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5, j.value->>6, j.value->>7 \
+FROM json_each(?) AS j WHERE true \
+ON CONFLICT (hospital_id, resource_type, id) DO UPDATE SET \
+version_id = excluded.version_id, last_updated = excluded.last_updated, \
+patient_id = excluded.patient_id, state = excluded.state, body = excluded.body;
+DELETE FROM fhir_search WHERE rowid IN (SELECT s.rowid FROM json_each(?) AS j \
+JOIN fhir_search AS s ON s.hospital_id = j.value->>0 AND s.resource_type = j.value->>1 AND s.id = j.value->>2);
+INSERT INTO fhir_history (hospital_id, resource_type, id, version_id, last_updated, body) \
+SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5 FROM json_each(?) AS j;
+INSERT INTO fhir_search (hospital_id, resource_type, id, param, system, value, low, high) \
+SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5, j.value->>6, j.value->>7 \
+FROM json_each(?) AS j;";
 
 async fn write(conn: &mut SqliteConnection, output: &Output) -> Result<(), StoreError> {
-    for chunk in output.current.chunks(rows_per_statement(8)) {
-        let mut sql = multi_row_insert("fhir_resources", RESOURCE_COLUMNS, 8, chunk.len());
-        sql.push_str(
-            " ON CONFLICT (hospital_id, resource_type, id) DO UPDATE SET \
-             version_id = excluded.version_id, last_updated = excluded.last_updated, \
-             patient_id = excluded.patient_id, state = excluded.state, body = excluded.body",
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for row in chunk {
-            query = bind_key(query, &row.key)
-                .bind(row.version)
-                .bind(format_timestamp(
-                    row.last_updated,
-                    "fhir_resources.last_updated",
-                )?)
-                .bind(row.patient.as_deref())
-                .bind(row.state.as_str())
-                .bind(row.body.as_str());
+    use serde_json::json;
+    let key = |k: &ResourceKey| json!([k.tenant, k.resource_type.as_str(), k.id]);
+    let mut resources = Vec::with_capacity(output.current.len());
+    let mut changed = Vec::new();
+    let mut search = Vec::new();
+    for row in &output.current {
+        resources.push(json!([
+            row.key.tenant,
+            row.key.resource_type.as_str(),
+            row.key.id,
+            row.version,
+            format_timestamp(row.last_updated, "fhir_resources.last_updated")?,
+            row.patient,
+            row.state,
+            row.body,
+        ]));
+        if row.version > 1 {
+            changed.push(key(&row.key));
         }
-        query.execute(&mut *conn).await?;
-
-        // The search rows of these resources are replaced as a whole.
-        let mut sql = String::new();
-        for _ in chunk {
-            sql.push_str(
-                "DELETE FROM fhir_search WHERE hospital_id = ? AND resource_type = ? AND id = ?;\n",
-            );
+        for e in &row.search {
+            search.push(json!([
+                row.key.tenant,
+                row.key.resource_type.as_str(),
+                row.key.id,
+                e.param,
+                e.system,
+                e.value,
+                e.low,
+                e.high,
+            ]));
         }
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for row in chunk {
-            query = bind_key(query, &row.key);
-        }
-        query.execute(&mut *conn).await?;
     }
-    for chunk in output.history.chunks(rows_per_statement(6)) {
-        let sql = multi_row_insert("fhir_history", HISTORY_COLUMNS, 6, chunk.len());
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for row in chunk {
-            query = bind_key(query, &row.key)
-                .bind(row.version)
-                .bind(format_timestamp(
-                    row.last_updated,
-                    "fhir_history.last_updated",
-                )?)
-                .bind(row.body.as_str());
-        }
-        query.execute(&mut *conn).await?;
+    let mut history = Vec::with_capacity(output.history.len());
+    for row in &output.history {
+        history.push(json!([
+            row.key.tenant,
+            row.key.resource_type.as_str(),
+            row.key.id,
+            row.version,
+            format_timestamp(row.last_updated, "fhir_history.last_updated")?,
+            row.body,
+        ]));
     }
-    let entries: Vec<(&ResourceKey, &projections::search::Entry)> = output
-        .current
-        .iter()
-        .flat_map(|row| row.search.iter().map(move |e| (&row.key, e)))
-        .collect();
-    for chunk in entries.chunks(rows_per_statement(8)) {
-        let sql = multi_row_insert("fhir_search", SEARCH_COLUMNS, 8, chunk.len());
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (key, e) in chunk {
-            query = bind_key(query, key)
-                .bind(e.param)
-                .bind(e.system.as_str())
-                .bind(e.value.as_str())
-                .bind(e.low.as_deref())
-                .bind(e.high.as_deref());
-        }
-        query.execute(&mut *conn).await?;
-    }
+    let text = |rows: Vec<serde_json::Value>| serde_json::Value::Array(rows).to_string();
+    sqlx::query(WRITE_SQL)
+        .bind(text(resources))
+        .bind(text(changed))
+        .bind(text(history))
+        .bind(text(search))
+        .execute(&mut *conn)
+        .await?;
     Ok(())
 }
 
