@@ -900,3 +900,114 @@ fn a_broken_shared_file_is_one_problem() {
     );
     assert!(problems[1].file.ends_with("tables/sex.yaml"), "{shown:#?}");
 }
+
+/// FHIR mapping files: their problems are found like the HL7 ones (with line and column), and
+/// a resource maps with element paths, `when`, `pick` and tables.
+#[test]
+fn fhir_files_are_checked_and_map_resources() {
+    let fhir_datatypes = "\
+datatypes:
+  Identifier: { when: { path: .value, present: true }, fields: { value: { path: .value, required: true }, authority: { path: .system, transform: [authority] } } }
+rules:
+  person:
+    fields:
+      identifiers: { each: \"identifier[*]\", as: Identifier }
+      sex: { path: gender, table: gender }
+";
+    let gender = (
+        "tables/gender.yaml",
+        "map: { female: female, male: male }\n",
+    );
+    let bad = "\
+resource: Encounter
+interactions: [create, delete]
+messages: [ADT^A01]
+event: PatientRegistered
+stream: [patient]
+fields:
+  patient:
+    fields:
+      identifiers: { each: \"identifier[*]\", as: CX }
+      names: { path: \"name[x]\" }
+      birth_date: .birthDate
+  encounter: { use: enc }
+";
+    let dir = write_set(&[
+        ("fhir/datatypes.yaml", fhir_datatypes),
+        ("fhir/bad.yaml", bad),
+        gender,
+    ]);
+    let problems = MappingSet::load(dir.path()).unwrap_err();
+    let shown: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    for (line, needle) in [
+        (
+            1,
+            "the FHIR API accepts writes of Patient and ServiceRequest",
+        ),
+        (2, "unknown interaction \"delete\""),
+        (3, "unknown key `messages`"),
+        (9, "datatype \"CX\" reads HL7 v2 values"),
+        (10, "index \"x\" is neither a number nor *"),
+        (11, "relative path \".birthDate\" outside a value"),
+        (12, "rule \"enc\" reads HL7 v2 values"),
+    ] {
+        assert!(
+            problems.iter().any(|p| p.file.ends_with("fhir/bad.yaml")
+                && p.line == line
+                && p.message.contains(needle)),
+            "no problem at line {line} with {needle:?} in:\n{}",
+            shown.join("\n")
+        );
+    }
+
+    let good = "\
+resource: Patient
+interactions: [create]
+event: PatientRegistered
+stream: [patient]
+when:
+  - { path: active, not_in: [\"false\"] }
+fields:
+  patient: { use: person }
+";
+    let set = load(&[
+        ("fhir/datatypes.yaml", fhir_datatypes),
+        ("fhir/patient.yaml", good),
+        gender,
+    ]);
+    let resource = json!({
+        "resourceType": "Patient",
+        "identifier": [{ "system": "urn:oid:1.2.3", "value": "42" }, { "value": " " }],
+        "gender": "female"
+    });
+    let mapped = set.map_fhir(FhirInteraction::Create, &resource);
+    let Ok(Mapped::Events(events)) = mapped else {
+        panic!("not mapped: {mapped:?}");
+    };
+    assert_eq!(
+        events[0].payload["patient"],
+        json!({ "identifiers": [{ "value": "42", "authority": "1.2.3" }], "sex": "female" })
+    );
+    assert_eq!(
+        events[0].stream_key,
+        (Some("1.2.3".to_owned()), "42".to_owned())
+    );
+    // `when` decides; the other interaction has no file.
+    let inactive =
+        json!({ "resourceType": "Patient", "active": false, "identifier": [{ "value": "1" }] });
+    assert_eq!(
+        set.map_fhir(FhirInteraction::Create, &inactive),
+        Ok(Mapped::Unmapped)
+    );
+    assert_eq!(
+        set.map_fhir(FhirInteraction::Update, &resource),
+        Ok(Mapped::Unmapped)
+    );
+    // A code outside the table: 103 at the element, no HL7 location.
+    let odd = json!({ "resourceType": "Patient", "identifier": [{ "value": "1" }], "gender": "X" });
+    let e = set.map_fhir(FhirInteraction::Create, &odd).unwrap_err();
+    assert_eq!(
+        (e.code.code(), e.path.as_str(), e.location.is_none()),
+        (103, "Patient.gender", true)
+    );
+}
