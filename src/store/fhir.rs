@@ -148,6 +148,34 @@ impl Sql {
         self.bind(Bind::Text(value.to_owned()))
     }
 
+    /// `LIMIT count OFFSET offset` of a page.
+    ///
+    /// SQLite gets them as literals: its planner (3.51, as bundled) reads a bound LIMIT or OFFSET
+    /// while preparing (`sqlite3ExprIsInteger`, to cap the row estimate), which marks the
+    /// statement as depending on that value; every execution with fresh binds then parsed and
+    /// planned the whole statement again (`sqlite3Reprepare` inside `sqlite3_step`, the largest
+    /// cost of a search by identifier in a profile). Literals keep the
+    /// prepared statement valid; the usual page (`_count=20`, first page) is one cached statement,
+    /// and other page sizes and offsets are others. PostgreSQL binds them as before.
+    pub fn limit_offset(&mut self, count: usize, offset: usize) -> &mut Self {
+        // As i64 on both backends, as the binds always were (an absurd `_offset` wraps the same).
+        let (count, offset) = (count as i64, offset as i64);
+        match self.backend {
+            Backend::Sqlite => {
+                use std::fmt::Write as _;
+                // Writing into a String cannot fail.
+                let _ = write!(self.text, " LIMIT {count} OFFSET {offset}");
+            }
+            Backend::Postgres => {
+                self.push(" LIMIT ")
+                    .bind(Bind::Int(count))
+                    .push(" OFFSET ")
+                    .bind(Bind::Int(offset));
+            }
+        }
+        self
+    }
+
     /// A placeholder for an instant in index text, typed for the backend's `last_updated` column.
     fn instant(&mut self, value: &str) -> &mut Self {
         self.text(value);
@@ -348,10 +376,8 @@ fn page_sql(backend: Backend, tenant: &str, query: &SearchQuery) -> Sql {
          FROM fhir_resources AS r WHERE ",
     );
     where_clause(&mut sql, tenant, query);
-    sql.push(" ORDER BY r.id LIMIT ")
-        .bind(Bind::Int(query.count as i64))
-        .push(" OFFSET ")
-        .bind(Bind::Int(query.offset as i64));
+    sql.push(" ORDER BY r.id")
+        .limit_offset(query.count, query.offset);
     sql
 }
 
@@ -384,10 +410,8 @@ fn history_page_sql(backend: Backend, tenant: &str, query: &HistoryQuery) -> Sql
          FROM fhir_history AS h WHERE ",
     );
     history_where(&mut sql, tenant, query);
-    sql.push(" ORDER BY h.last_updated DESC, h.id, h.version_id DESC LIMIT ")
-        .bind(Bind::Int(query.count as i64))
-        .push(" OFFSET ")
-        .bind(Bind::Int(query.offset as i64));
+    sql.push(" ORDER BY h.last_updated DESC, h.id, h.version_id DESC")
+        .limit_offset(query.count, query.offset);
     sql
 }
 
@@ -591,4 +615,76 @@ pub(super) async fn rebuild(
         progress(replayed);
     }
     Ok(replayed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identifier_search(count: usize, offset: usize) -> SearchQuery {
+        SearchQuery {
+            resource_type: ResourceType::Patient,
+            filters: vec![Filter::Index {
+                param: "identifier",
+                any: vec![Condition::Token {
+                    system: Some("urn:x".into()),
+                    value: Some("1".into()),
+                }],
+            }],
+            count,
+            offset,
+        }
+    }
+
+    /// Regression: with `LIMIT ? OFFSET ?` SQLite parsed and planned a search again on every
+    /// execution (a bound LIMIT makes the prepared statement depend on its value), which made a
+    /// search by identifier cost three reads by id.
+    #[test]
+    fn sqlite_pages_write_limit_and_offset_as_literals() {
+        let query = identifier_search(20, 40);
+        let sql = page_sql(Backend::Sqlite, "t", &query);
+        assert!(
+            sql.text.ends_with(" ORDER BY r.id LIMIT 20 OFFSET 40"),
+            "{}",
+            sql.text
+        );
+        assert_eq!(
+            sql.binds.len(),
+            7,
+            "tenant, type, tenant, type, param, system, value"
+        );
+        assert!(!sql.binds.iter().any(|b| matches!(b, Bind::Int(_))));
+
+        // A search for another value is the same text, so the prepared statement is reused.
+        let mut other = identifier_search(20, 40);
+        other.filters = vec![Filter::Index {
+            param: "identifier",
+            any: vec![Condition::Token {
+                system: Some("urn:y".into()),
+                value: Some("2".into()),
+            }],
+        }];
+        assert_eq!(page_sql(Backend::Sqlite, "u", &other).text, sql.text);
+
+        let history = HistoryQuery {
+            resource_type: ResourceType::Patient,
+            id: None,
+            since: None,
+            count: 5,
+            offset: 0,
+        };
+        let sql = history_page_sql(Backend::Sqlite, "t", &history);
+        assert!(sql.text.ends_with(" LIMIT 5 OFFSET 0"), "{}", sql.text);
+    }
+
+    #[test]
+    fn postgres_pages_bind_limit_and_offset() {
+        let sql = page_sql(Backend::Postgres, "t", &identifier_search(20, 40));
+        assert!(
+            sql.text.ends_with(" ORDER BY r.id LIMIT $8 OFFSET $9"),
+            "{}",
+            sql.text
+        );
+        assert_eq!(sql.binds[7..], [Bind::Int(20), Bind::Int(40)]);
+    }
 }
