@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::config::UnmappedPolicy;
-use crate::domain::{StreamKind, stream_id, stream_key};
+use crate::domain::{stream_id, stream_ids};
 use crate::hl7::ack::{
     AckCode, AckError, AckHeader, AckMode, Disposition, ErrorCode, ErrorLocation, build_ack,
 };
@@ -503,19 +503,7 @@ impl EventContext<'_, '_> {
     fn new_event(&self, event: MappedEvent) -> NewEvent {
         let tenant = self.received.ctx.hospital_id.as_str();
         let (authority, value) = &event.stream_key;
-        let mut streams = serde_json::Map::new();
-        for kind in [
-            StreamKind::Patient,
-            StreamKind::Encounter,
-            StreamKind::Order,
-        ] {
-            if let Some((a, v)) = stream_key(kind, &event.payload) {
-                streams.insert(
-                    kind.as_str().to_owned(),
-                    stream_id(kind, tenant, a.as_deref(), &v).into(),
-                );
-            }
-        }
+        let streams = stream_ids(tenant, &event.payload);
         let received_at = self
             .received
             .at
