@@ -43,6 +43,8 @@ pub enum AppError {
     Watch { dir: String, source: notify::Error },
     #[error("auth: {0}")]
     Auth(#[from] AuthError),
+    #[error("delivery: {0}")]
+    Delivery(#[from] crate::delivery::DeliveryError),
 }
 
 /// Loads the mapping set at start-up. A folder with problems stops the start (better than
@@ -84,6 +86,8 @@ pub struct App {
     committers: JoinSet<()>,
     listeners_up: Arc<AtomicBool>,
     grace: Duration,
+    /// The dispatcher, when destinations are configured and delivery is enabled.
+    delivery: Option<crate::delivery::Delivery>,
 }
 
 /// Opens and migrates the configured store.
@@ -123,7 +127,7 @@ impl App {
         };
         let store = open_store(settings).await?;
         tracing::info!(backend = %store.backend(), "Store ready.");
-        let (committer, committers) = GroupCommitter::start(
+        let (mut committer, committers) = GroupCommitter::start(
             store.clone(),
             GroupCommitConfig {
                 max_wait: Duration::from_micros(settings.store.group_commit_wait_micros),
@@ -153,6 +157,31 @@ impl App {
                 )?,
             )
         } else {
+            None
+        };
+        let subscriptions = Arc::new(crate::delivery::Router::new(
+            &settings.destinations,
+            &settings.subscriptions,
+        ));
+        if !settings.subscriptions.is_empty() {
+            committer = committer.with_router(subscriptions.clone());
+        }
+        let delivery = if settings.delivery.enabled && !settings.destinations.is_empty() {
+            Some(crate::delivery::Delivery::start(
+                store.clone(),
+                &settings.destinations,
+                &settings.delivery,
+                &subscriptions,
+                Arc::new(crate::delivery::render::MappingRenderer {
+                    mappings: mappings.clone(),
+                }),
+            )?)
+        } else {
+            if !settings.destinations.is_empty() {
+                tracing::warn!(
+                    "Delivery is off (delivery.enabled = false): messages are queued in the outbox but not sent from this instance."
+                );
+            }
             None
         };
         let ingest = Arc::new(Ingest::new(
@@ -228,6 +257,14 @@ impl App {
                 settings.http.hospital_id.clone(),
                 settings.http.fhir_base_url.clone(),
             )),
+        )
+        .nest(
+            "/admin",
+            crate::listeners::admin::router(crate::listeners::admin::AdminState {
+                store: store.clone(),
+                subscriptions: subscriptions.clone(),
+                auth: authenticator.clone(),
+            }),
         );
         let http_shutdown = shutdown.clone();
         let http = tokio::spawn(async move {
@@ -261,6 +298,7 @@ impl App {
             committers,
             listeners_up,
             grace: Duration::from_secs(settings.shutdown_grace_secs),
+            delivery,
         })
     }
 
@@ -298,6 +336,10 @@ impl App {
             );
         }
         let _ = tokio::time::timeout(self.grace, &mut self.http).await;
+        if let Some(delivery) = self.delivery.take() {
+            // Each lane finishes (and records) the message in flight, then gives the lane back.
+            delivery.shutdown(self.grace).await;
+        }
         if let Some(watcher) = self.watcher.take() {
             let _ = watcher.await;
         }

@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use crate::auth::{AuthMode, AuthSettings, Secret};
+pub use crate::delivery::settings::{
+    AeAction, DeliverySettings, DestinationSettings, HttpDestination, LaneBy, MllpDestination,
+    RetrySettings, SubscriptionSettings, TlsSettings,
+};
 
 /// Errors reading or checking the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,12 @@ pub struct Settings {
     /// Bearer-token checks for the FHIR API: `"none"` or an `[auth]` table. Off in the built-in
     /// defaults (the embedded demo); a config file must say which (see [`Settings::from_toml`]).
     pub auth: AuthMode,
+    /// Receivers Ferry delivers to (`[[destinations]]`, `type = "mllp"` or `"http"`).
+    pub destinations: Vec<DestinationSettings>,
+    /// Which events go where (`[[subscriptions]]`).
+    pub subscriptions: Vec<SubscriptionSettings>,
+    /// The dispatcher (`[delivery]`).
+    pub delivery: DeliverySettings,
 }
 
 impl Default for Settings {
@@ -61,6 +71,9 @@ impl Default for Settings {
             shutdown_grace_secs: 10,
             listeners: vec![ListenerSettings::Mllp(MllpListenerSettings::default())],
             auth: AuthMode::None,
+            destinations: Vec::new(),
+            subscriptions: Vec::new(),
+            delivery: DeliverySettings::default(),
         }
     }
 }
@@ -357,9 +370,99 @@ impl Settings {
         if let AuthMode::Bearer(auth) = &self.auth {
             auth.validate().map_err(ConfigError::Invalid)?;
         }
+        self.validate_delivery()?;
         if self.store.group_commit_max_batch == 0 || self.store.commit_workers == 0 {
             return Err(ConfigError::Invalid(
                 "store.group_commit_max_batch and store.commit_workers must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Destinations and subscriptions: names unique, references resolvable, endpoints readable.
+    /// (That each subscription's mapping exists is checked against the loaded mappings at start.)
+    fn validate_delivery(&self) -> Result<(), ConfigError> {
+        let mut names = std::collections::HashSet::new();
+        for d in &self.destinations {
+            let name = d.name();
+            if name.trim().is_empty() || !names.insert(name) {
+                return Err(ConfigError::Invalid(format!(
+                    "destination names must be unique and not empty: {name:?}"
+                )));
+            }
+            if d.parallel_lanes() == 0 {
+                return Err(ConfigError::Invalid(format!(
+                    "destination {name:?}: parallel_lanes must be at least 1"
+                )));
+            }
+            match d {
+                DestinationSettings::Mllp(m) => {
+                    let ok = m.endpoint.rsplit_once(':').is_some_and(|(host, port)| {
+                        !host.is_empty() && port.parse::<u16>().is_ok()
+                    });
+                    if !ok {
+                        return Err(ConfigError::Invalid(format!(
+                            "destination {name:?}: endpoint {:?} is not host:port",
+                            m.endpoint
+                        )));
+                    }
+                    if !(m.ack_timeout_secs > 0.0) {
+                        return Err(ConfigError::Invalid(format!(
+                            "destination {name:?}: ack_timeout_secs must be positive"
+                        )));
+                    }
+                    if let Some(tls) = &m.tls
+                        && tls.client_cert_file.is_some() != tls.client_key_file.is_some()
+                    {
+                        return Err(ConfigError::Invalid(format!(
+                            "destination {name:?}: tls.client_cert_file and tls.client_key_file go together"
+                        )));
+                    }
+                }
+                DestinationSettings::Http(h) => {
+                    let ok =
+                        h.endpoint.starts_with("http://") || h.endpoint.starts_with("https://");
+                    if !ok || reqwest::Url::parse(&h.endpoint).is_err() {
+                        return Err(ConfigError::Invalid(format!(
+                            "destination {name:?}: endpoint {:?} is not an http(s) URL",
+                            h.endpoint
+                        )));
+                    }
+                    if !(h.timeout_secs > 0.0) {
+                        return Err(ConfigError::Invalid(format!(
+                            "destination {name:?}: timeout_secs must be positive"
+                        )));
+                    }
+                }
+            }
+        }
+        for s in &self.subscriptions {
+            if !names.contains(s.destination.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "subscription {:?} names destination {:?}, which is not configured",
+                    s.display_name(),
+                    s.destination
+                )));
+            }
+            if s.events.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "subscription {:?} lists no events",
+                    s.display_name()
+                )));
+            }
+            if !s.mapping.starts_with("outbound/") {
+                return Err(ConfigError::Invalid(format!(
+                    "subscription {:?}: mapping {:?} must name a file under outbound/ (e.g. outbound/pacs_orm_o01)",
+                    s.display_name(),
+                    s.mapping
+                )));
+            }
+        }
+        let d = &self.delivery;
+        if d.lease_secs == 0 || d.lane_batch == 0 || d.poll_interval_millis == 0 {
+            return Err(ConfigError::Invalid(
+                "delivery.lease_secs, lane_batch and poll_interval_millis must be at least 1"
+                    .into(),
             ));
         }
         Ok(())

@@ -31,6 +31,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod delivery;
 pub mod domain;
 pub mod hl7;
 pub mod listeners;

@@ -6,6 +6,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
+
+mod outbox_cli;
 use clap::{Parser, Subcommand};
 
 use ferry::app::App;
@@ -71,6 +73,16 @@ enum Command {
     Projections {
         #[command(subcommand)]
         what: ProjectionsCommand,
+    },
+    /// Outbound delivery: queue depth, replay.
+    Outbox {
+        #[command(subcommand)]
+        what: outbox_cli::OutboxCommand,
+    },
+    /// The dead-letter queue of outbound delivery: list, show, retry, discard.
+    Dlq {
+        #[command(subcommand)]
+        what: outbox_cli::DlqCommand,
     },
     /// Load generators.
     Bench {
@@ -175,6 +187,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Mappings { what } => mappings_command(what),
+        Command::Outbox { what } => outbox_cli::outbox(what).await,
+        Command::Dlq { what } => outbox_cli::dlq(what).await,
         Command::Projections {
             what: ProjectionsCommand::Rebuild { config },
         } => rebuild_projections(config).await,

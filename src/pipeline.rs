@@ -514,6 +514,7 @@ impl EventContext<'_, '_> {
             // HL7 feeds are authoritative and ordered by their sender: append whatever the
             // stream's version. FHIR writes with If-Match will use `Exactly`.
             expected_version: ExpectedVersion::Any,
+            deliveries: Vec::new(),
             event_type: event.event_type,
             schema_version: event.schema_version,
             payload: event.payload,

@@ -15,24 +15,7 @@ use time::OffsetDateTime;
 use time::macros::datetime;
 use uuid::Uuid;
 
-/// Runs each named case against a fresh SQLite store and a fresh PostgreSQL database.
-macro_rules! both_backends {
-    ($($case:ident),* $(,)?) => {$(
-        mod $case {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn sqlite() {
-                let (store, _dir) = crate::common::sqlite_store().await;
-                super::$case(store).await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn postgres() {
-                let Some(db) = crate::common::postgres_store().await else { return };
-                super::$case(db.store.clone()).await;
-            }
-        }
-    )*};
-}
+use common::both_backends;
 
 both_backends!(
     migrate_twice_is_fine,
@@ -135,6 +118,7 @@ fn event(stream: &str, expected: ExpectedVersion, n: u32) -> NewEvent {
     NewEvent {
         stream_id: stream.into(),
         expected_version: expected,
+        deliveries: Vec::new(),
         event_type: "TestEventRecorded".into(),
         schema_version: 2,
         payload: json!({"n": n, "name": "Müller", "nested": {"list": [1, 2.5, null, true]}}),

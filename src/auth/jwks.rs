@@ -91,7 +91,7 @@ async fn fetch(client: &reqwest::Client, url: &reqwest::Url) -> Result<Vec<u8>, 
 }
 
 /// reqwest's own message is often just "error sending request"; the cause says why.
-fn error_chain(error: &dyn std::error::Error) -> String {
+pub fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(s) = source {
@@ -102,11 +102,12 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// The HTTP client for JWKS URLs: rustls with the ring provider handed over ready-made, so
-/// reqwest never looks for a process-wide provider and aws-lc-rs stays out of the build
-/// (FINDINGS.md); certificates are checked against the platform's roots. No redirects: the
-/// configured URL is the one trusted, and a redirect could lead to plain HTTP.
-pub(crate) fn http_client() -> Result<reqwest::Client, String> {
+/// An HTTP client builder for URLs Ferry calls (JWKS, HTTP destinations): rustls with the ring
+/// provider handed over ready-made, so reqwest never looks for a process-wide provider and
+/// aws-lc-rs stays out of the build (FINDINGS.md); certificates are checked against the platform's
+/// roots. No redirects: the configured URL is the one trusted, and a redirect could lead to plain
+/// HTTP.
+pub fn http_client_builder() -> Result<reqwest::ClientBuilder, String> {
     use rustls_platform_verifier::BuilderVerifierExt as _;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -114,12 +115,17 @@ pub(crate) fn http_client() -> Result<reqwest::Client, String> {
         .and_then(|b| b.with_platform_verifier())
         .map_err(|e| format!("TLS set-up failed: {e}"))?
         .with_no_client_auth();
-    reqwest::Client::builder()
+    Ok(reqwest::Client::builder()
         .tls_backend_preconfigured(tls)
         .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION"))))
+}
+
+/// The HTTP client for JWKS URLs.
+pub(crate) fn http_client() -> Result<reqwest::Client, String> {
+    http_client_builder()?
         .connect_timeout(Duration::from_secs(5))
         .timeout(Duration::from_secs(10))
-        .user_agent(concat!("ferry/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| format!("HTTP client set-up failed: {}", error_chain(&e)))
 }

@@ -35,7 +35,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 pub use error::{AuthError, REALM};
-pub use jwks::UNKNOWN_KID_REFRESH_INTERVAL;
+pub use jwks::{UNKNOWN_KID_REFRESH_INTERVAL, error_chain, http_client_builder};
 pub use scopes::{Interaction, Scopes};
 pub use settings::{AuthMode, AuthSettings, MAX_LEEWAY_SECS, MIN_HS256_SECRET_BYTES, Secret};
 

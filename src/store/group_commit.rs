@@ -12,7 +12,17 @@ use std::time::Duration;
 use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio::task::JoinSet;
 
-use super::{DynStore, ExpectedVersion, IngestOutcome, IngestWrite, StoreError};
+use super::{DynStore, ExpectedVersion, IngestOutcome, IngestWrite, NewEvent, StoreError};
+
+/// Decides the outbox rows of each event before it is committed (its subscriptions), and hears
+/// when a commit queued some. Delivery implements it (`delivery::Router`); the store only carries
+/// the rows, so it knows nothing of subscriptions.
+pub trait Route: Send + Sync {
+    /// Fills `event.deliveries` for an event of `tenant`.
+    fn route(&self, tenant: &str, event: &mut NewEvent);
+    /// A commit that queued deliveries returned: the dispatcher may start at once.
+    fn queued(&self);
+}
 
 /// Tuning of the committer.
 #[derive(Debug, Clone, Copy)]
@@ -56,6 +66,8 @@ struct Request {
 #[derive(Clone)]
 pub struct GroupCommitter {
     tx: mpsc::Sender<Request>,
+    /// Subscriptions, when delivery is configured.
+    router: Option<Arc<dyn Route>>,
 }
 
 impl GroupCommitter {
@@ -71,18 +83,39 @@ impl GroupCommitter {
         for _ in 0..config.workers.max(1) {
             set.spawn(worker(store.clone(), rx.clone(), config));
         }
-        (Self { tx }, set)
+        (Self { tx, router: None }, set)
+    }
+
+    /// Every write committed through this handle (and its clones) gets its outbox rows from
+    /// `router`.
+    pub fn with_router(mut self, router: Arc<dyn Route>) -> Self {
+        self.router = Some(router);
+        self
     }
 
     /// Commits one write together with whatever else is queued, and returns its outcome once the
     /// transaction is durable.
-    pub async fn commit(&self, write: IngestWrite) -> Result<IngestOutcome, CommitError> {
+    pub async fn commit(&self, mut write: IngestWrite) -> Result<IngestOutcome, CommitError> {
+        let mut queues = false;
+        if let Some(router) = &self.router {
+            for event in &mut write.events {
+                router.route(&write.inbound.hospital_id, event);
+                queues |= !event.deliveries.is_empty();
+            }
+        }
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(Request { write, reply })
             .await
             .map_err(|_| CommitError::Stopped)?;
-        answer.await.map_err(|_| CommitError::Stopped)?
+        let outcome = answer.await.map_err(|_| CommitError::Stopped)??;
+        if queues
+            && matches!(outcome, IngestOutcome::Stored)
+            && let Some(router) = &self.router
+        {
+            router.queued();
+        }
+        Ok(outcome)
     }
 }
 

@@ -9,17 +9,21 @@
 
 pub mod fhir;
 pub mod group_commit;
+pub mod outbox;
 mod plan;
 pub mod postgres;
 mod postgres_fhir;
+mod postgres_outbox;
 mod rows;
 pub mod sqlite;
 mod sqlite_fhir;
+mod sqlite_outbox;
 
 use std::sync::Arc;
 
 use crate::projections::ResourceType;
 pub use fhir::{HistoryQuery, SearchPage, SearchQuery, StoredResource};
+pub use outbox::{NewDelivery, OutboxStore};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
@@ -221,6 +225,8 @@ pub struct NewEvent {
     pub payload: serde_json::Value,
     /// Where the event came from: channel, sender, MSH-10, inbound log id, mapping name and version.
     pub metadata: serde_json::Value,
+    /// Outbox rows to queue with the event (the subscriptions it matches), in the same transaction.
+    pub deliveries: Vec<NewDelivery>,
 }
 
 impl NewEvent {
@@ -393,6 +399,9 @@ pub trait EventStore: Send + Sync + 'static {
         &'a self,
         progress: &'a (dyn Fn(u64) + Send + Sync),
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// The outbox: delivery's side of the store.
+    fn outbox(&self) -> &dyn OutboxStore;
 }
 
 /// A shared handle to whichever store the configuration chose.

@@ -60,6 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "projections",
         include_str!("../../migrations/postgres/0003_projections.sql"),
     ),
+    (
+        4,
+        "outbox",
+        include_str!("../../migrations/postgres/0004_outbox.sql"),
+    ),
 ];
 
 /// SQLSTATE raised by `ferry_check_idempotency_inserted` (migration 0002).
@@ -112,13 +117,25 @@ const INSERT_BATCH: &str = "WITH inbound AS ( \
        FROM UNNEST($23::text[], $24::text[], $25::int8[], $26::text[], $27::int4[], $28::text[], \
          $29::text[]) WITH ORDINALITY AS e (h, s, v, t, sv, p, m, n) \
        ORDER BY n \
+     ), queued AS ( \
+       INSERT INTO outbox (hospital_id, destination, lane, subscription, mapping, stream_id, \
+         stream_version, event_type, created_at) \
+       SELECT h, d, l, s, m, st, v, t, $31::timestamptz \
+       FROM UNNEST($32::text[], $33::text[], $34::text[], $35::text[], $36::text[], $37::text[], \
+         $38::int8[], $39::text[]) WITH ORDINALITY AS q (h, d, l, s, m, st, v, t, n) \
+       ORDER BY n \
+     ), lanes AS ( \
+       INSERT INTO outbox_lanes (destination, lane, hospital_id, ready_at) \
+       SELECT DISTINCT d, l, h, $31::timestamptz \
+       FROM UNNEST($32::text[], $33::text[], $34::text[]) AS q (h, d, l) \
+       ON CONFLICT DO NOTHING \
      ) \
      SELECT ferry_check_idempotency_inserted($30, (SELECT count(*) FROM idem))";
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`; the pool does the synchronisation.
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
 }
 
 impl PostgresStore {
@@ -304,6 +321,7 @@ async fn insert_batch(
     let query = bind_batch(sqlx::query(INSERT_BATCH), stored, &records, &events)?
         .bind(records.len() as i64)
         .bind(at);
+    let query = bind_deliveries(query, &events);
     // fetch_one reads the response up to ReadyForQuery: outside a transaction that is past the
     // commit of this statement's own, i.e. durable.
     match query.fetch_one(&mut *conn).await {
@@ -400,6 +418,34 @@ fn bind_batch<'q>(
         )
         .bind(payloads)
         .bind(metadata))
+}
+
+/// Binds `$32`–`$39` of [`INSERT_BATCH`]: the outbox rows of the events, one per delivery.
+fn bind_deliveries<'q>(query: PgQuery<'q>, events: &[PlannedEvent<'_>]) -> PgQuery<'q> {
+    let mut cols: [Vec<String>; 7] = Default::default();
+    let mut versions = Vec::new();
+    for e in events {
+        for d in &e.event.deliveries {
+            cols[0].push(e.hospital_id.to_owned());
+            cols[1].push(d.destination.clone());
+            cols[2].push(d.lane.clone());
+            cols[3].push(d.subscription.clone());
+            cols[4].push(d.mapping.clone());
+            cols[5].push(e.event.stream_id.clone());
+            cols[6].push(e.event.event_type.clone());
+            versions.push(e.version);
+        }
+    }
+    let [h, d, l, s, m, st, t] = cols;
+    query
+        .bind(h)
+        .bind(d)
+        .bind(l)
+        .bind(s)
+        .bind(m)
+        .bind(st)
+        .bind(versions)
+        .bind(t)
 }
 
 fn is_idempotency_race(err: &sqlx::Error) -> bool {
@@ -649,6 +695,10 @@ impl EventStore for PostgresStore {
         .boxed()
     }
 
+    fn outbox(&self) -> &dyn super::OutboxStore {
+        self
+    }
+
     fn rebuild_projections<'a>(
         &'a self,
         progress: &'a (dyn Fn(u64) + Send + Sync),
@@ -706,6 +756,18 @@ impl StoreRow for PgRow {
     }
 
     fn time(&self, column: &str, name: &str) -> Result<OffsetDateTime, StoreError> {
+        get(self, column, name)
+    }
+
+    fn optional_time(
+        &self,
+        column: &str,
+        name: &str,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        get(self, column, name)
+    }
+
+    fn optional_bytes(&self, column: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         get(self, column, name)
     }
 }

@@ -22,6 +22,9 @@ pub(super) trait StoreRow {
     fn bytes(&self, column: &str, name: &str) -> Result<Vec<u8>, StoreError>;
     fn integer(&self, column: &str, name: &str) -> Result<i64, StoreError>;
     fn time(&self, column: &str, name: &str) -> Result<OffsetDateTime, StoreError>;
+    fn optional_time(&self, column: &str, name: &str)
+    -> Result<Option<OffsetDateTime>, StoreError>;
+    fn optional_bytes(&self, column: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
 }
 
 fn uuid(row: &impl StoreRow, column: &str, name: &str) -> Result<Uuid, StoreError> {
@@ -120,5 +123,85 @@ pub(super) fn loaded(row: &impl StoreRow) -> Result<Loaded, StoreError> {
         },
         version: row.integer("version_id", "fhir_resources.version_id")?,
         state: row.text("state", "fhir_resources.state")?,
+    })
+}
+
+/// A queued message with its event: the outbox columns prefixed `o_`, the event's as
+/// [`event`] reads them.
+pub(super) fn outbox_item(row: &impl StoreRow) -> Result<super::outbox::OutboxItem, StoreError> {
+    Ok(super::outbox::OutboxItem {
+        id: row.integer("o_id", "outbox.id")?,
+        hospital_id: row.text("hospital_id", "outbox.hospital_id")?,
+        destination: row.text("o_destination", "outbox.destination")?,
+        lane: row.text("o_lane", "outbox.lane")?,
+        subscription: row.text("o_subscription", "outbox.subscription")?,
+        mapping: row.text("o_mapping", "outbox.mapping")?,
+        attempts: i32::try_from(row.integer("o_attempts", "outbox.attempts")?)
+            .map_err(|e| StoreError::Corrupt(format!("outbox.attempts: {e}")))?,
+        created_at: row.time("o_created_at", "outbox.created_at")?,
+        event: event(row)?,
+    })
+}
+
+/// A dead letter (the columns of `outbox` by their own names).
+pub(super) fn dead_letter(row: &impl StoreRow) -> Result<super::outbox::DeadLetter, StoreError> {
+    Ok(super::outbox::DeadLetter {
+        id: row.integer("id", "outbox.id")?,
+        hospital_id: row.text("hospital_id", "outbox.hospital_id")?,
+        destination: row.text("destination", "outbox.destination")?,
+        lane: row.text("lane", "outbox.lane")?,
+        subscription: row.text("subscription", "outbox.subscription")?,
+        mapping: row.text("mapping", "outbox.mapping")?,
+        event_type: row.text("event_type", "outbox.event_type")?,
+        stream_id: row.text("stream_id", "outbox.stream_id")?,
+        stream_version: row.integer("stream_version", "outbox.stream_version")?,
+        attempts: i32::try_from(row.integer("attempts", "outbox.attempts")?)
+            .map_err(|e| StoreError::Corrupt(format!("outbox.attempts: {e}")))?,
+        created_at: row.time("created_at", "outbox.created_at")?,
+        dead_at: row.optional_time("finished_at", "outbox.finished_at")?,
+        last_error: row.optional_text("last_error", "outbox.last_error")?,
+        last_response: row
+            .optional_bytes("last_response", "outbox.last_response")?
+            .map(|b| String::from_utf8_lossy(&b).into_owned()),
+    })
+}
+
+/// One lane of the status listing.
+pub(super) fn lane_status(row: &impl StoreRow) -> Result<super::outbox::LaneStatus, StoreError> {
+    Ok(super::outbox::LaneStatus {
+        lane: row.text("lane", "outbox.lane")?,
+        pending: row.integer("pending", "outbox.pending")?,
+        dead: row.integer("dead", "outbox.dead")?,
+        oldest_at: row.optional_time("oldest_at", "outbox.created_at")?,
+        lease_owner: row.optional_text("lease_owner", "outbox_lanes.lease_owner")?,
+        ready_at: row.optional_time("ready_at", "outbox_lanes.ready_at")?,
+    })
+}
+
+/// One destination's totals (lanes filled in by the caller).
+pub(super) fn destination_status(
+    row: &impl StoreRow,
+) -> Result<super::outbox::DestinationStatus, StoreError> {
+    Ok(super::outbox::DestinationStatus {
+        destination: row.text("destination", "outbox.destination")?,
+        pending: row.integer("pending", "outbox.pending")?,
+        dead: row.integer("dead", "outbox.dead")?,
+        oldest_pending_at: row.optional_time("oldest_at", "outbox.created_at")?,
+        lanes: Vec::new(),
+    })
+}
+
+/// A finished delivery.
+pub(super) fn delivered_row(
+    row: &impl StoreRow,
+) -> Result<super::outbox::DeliveredRow, StoreError> {
+    Ok(super::outbox::DeliveredRow {
+        id: row.integer("id", "outbox.id")?,
+        destination: row.text("destination", "outbox.destination")?,
+        lane: row.text("lane", "outbox.lane")?,
+        attempts: i32::try_from(row.integer("attempts", "outbox.attempts")?)
+            .map_err(|e| StoreError::Corrupt(format!("outbox.attempts: {e}")))?,
+        created_at: row.time("created_at", "outbox.created_at")?,
+        finished_at: row.time("finished_at", "outbox.finished_at")?,
     })
 }

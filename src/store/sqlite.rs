@@ -59,6 +59,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "projections",
         include_str!("../../migrations/sqlite/0002_projections.sql"),
     ),
+    (
+        3,
+        "outbox",
+        include_str!("../../migrations/sqlite/0003_outbox.sql"),
+    ),
 ];
 
 /// How long a connection waits for a lock held by another process before giving up.
@@ -86,7 +91,7 @@ pub struct SqliteStore {
     writer: SqlitePool,
     /// Read connections; the same pool as `writer` for an in-memory database (each connection of an
     /// in-memory database would otherwise see its own, empty database).
-    reader: SqlitePool,
+    pub(super) reader: SqlitePool,
     /// For a database file, the writer pool's one connection, taken out once and kept: returning a
     /// connection to an sqlx pool is asynchronous, and acquiring it again cost ~0.15 ms per commit
     /// (see BENCHMARKS.md). `None` for an in-memory database, whose one connection also serves
@@ -95,7 +100,7 @@ pub struct SqliteStore {
 }
 
 /// The writer connection, however it is kept.
-enum Writer<'a> {
+pub(super) enum Writer<'a> {
     Held(tokio::sync::MutexGuard<'a, PoolConnection<Sqlite>>),
     Pooled(PoolConnection<Sqlite>),
 }
@@ -186,7 +191,7 @@ impl SqliteStore {
     }
 
     /// The one writer connection; waiting here is how writes queue.
-    async fn writer(&self) -> Result<Writer<'_>, StoreError> {
+    pub(super) async fn writer(&self) -> Result<Writer<'_>, StoreError> {
         Ok(match &self.held {
             Some(held) => Writer::Held(held.lock().await),
             None => Writer::Pooled(self.writer.acquire().await?),
@@ -353,6 +358,7 @@ async fn write_batch(
     let at = super::commit_time();
     let now = format_timestamp(at, "recorded_at")?;
     insert_rows(tx, &stored, &records, &events, &now).await?;
+    super::sqlite_outbox::queue_deliveries(tx, &events, &now).await?;
     let views: Vec<EventView<'_>> = events.iter().map(PlannedEvent::view).collect();
     let preconditions: Vec<&super::Precondition> =
         stored.iter().flat_map(|w| &w.preconditions).collect();
@@ -845,6 +851,10 @@ impl EventStore for SqliteStore {
         async move { events_after(&self.reader, position, limit).await }.boxed()
     }
 
+    fn outbox(&self) -> &dyn super::OutboxStore {
+        self
+    }
+
     fn rebuild_projections<'a>(
         &'a self,
         progress: &'a (dyn Fn(u64) + Send + Sync),
@@ -900,5 +910,18 @@ impl StoreRow for SqliteRow {
     fn time(&self, column: &str, name: &str) -> Result<OffsetDateTime, StoreError> {
         let text: String = get(self, column, name)?;
         parse_timestamp(&text, name)
+    }
+
+    fn optional_time(
+        &self,
+        column: &str,
+        name: &str,
+    ) -> Result<Option<OffsetDateTime>, StoreError> {
+        let text: Option<String> = get(self, column, name)?;
+        text.map(|t| parse_timestamp(&t, name)).transpose()
+    }
+
+    fn optional_bytes(&self, column: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        get(self, column, name)
     }
 }

@@ -15,6 +15,29 @@ use ferry::store::{ConnectOptions, DynStore, EventStore};
 use sqlx::{Connection, PgConnection};
 use tempfile::TempDir;
 
+/// Runs each named case (an `async fn(DynStore)` of the test file) against a fresh SQLite store
+/// and a fresh PostgreSQL database.
+#[allow(unused_macros)]
+macro_rules! both_backends {
+    ($($case:ident),* $(,)?) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let (store, _dir) = crate::common::sqlite_store().await;
+                super::$case(store).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) = crate::common::postgres_store().await else { return };
+                super::$case(db.store.clone()).await;
+            }
+        }
+    )*};
+}
+#[allow(unused_imports)]
+pub(crate) use both_backends;
+
 /// A migrated SQLite store in a fresh temporary folder; keep the `TempDir` alive while using it.
 pub async fn sqlite_store() -> (DynStore, TempDir) {
     let dir = tempfile::tempdir().expect("temporary folder");

@@ -524,6 +524,7 @@ async fn plan(
             NewEvent {
                 stream_id: own.clone(),
                 expected_version: ExpectedVersion::Any,
+                deliveries: Vec::new(),
                 event_type: e.event_type,
                 schema_version: e.schema_version,
                 payload: e.payload,

@@ -1,0 +1,501 @@
+//! The outbox on SQLite ([`OutboxStore`]): one instance (or processes sharing the file, which
+//! SQLite's write lock serialises), so a lane is claimed with one `UPDATE … RETURNING`.
+//!
+//! Writes go through the store's one writer connection, like ingest commits; reads through the
+//! reader pool. Lists of rows travel as one JSON array read with `json_each`, so each statement's
+//! text is fixed and stays prepared.
+
+use std::collections::BTreeSet;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde_json::json;
+use sqlx::{Connection, Sqlite, Transaction};
+use time::OffsetDateTime;
+
+use super::StoreError;
+use super::outbox::{
+    Attempt, AttemptResult, DeadLetter, DeliveredRow, DestinationStatus, DlqFilter, OutboxItem,
+    OutboxStore, ReplayDelivery,
+};
+use super::plan::PlannedEvent;
+use super::rows;
+use super::sqlite::{SqliteStore, format_timestamp};
+
+/// Queues the deliveries of the events of an ingest batch, inside its transaction.
+pub(super) async fn queue_deliveries(
+    tx: &mut Transaction<'_, Sqlite>,
+    events: &[PlannedEvent<'_>],
+    now: &str,
+) -> Result<(), StoreError> {
+    let mut rows = Vec::new();
+    for e in events {
+        for d in &e.event.deliveries {
+            rows.push(json!([
+                e.hospital_id,
+                d.destination,
+                d.lane,
+                d.subscription,
+                d.mapping,
+                e.event.stream_id,
+                e.version,
+                e.event.event_type,
+            ]));
+        }
+    }
+    if rows.is_empty() {
+        return Ok(());
+    }
+    insert_rows(tx, rows, now).await
+}
+
+/// Inserts outbox rows (`[hospital, destination, lane, subscription, mapping, stream, version,
+/// type]` each), in order, and creates their lanes.
+async fn insert_rows(
+    tx: &mut Transaction<'_, Sqlite>,
+    rows: Vec<serde_json::Value>,
+    now: &str,
+) -> Result<(), StoreError> {
+    let rows = serde_json::Value::Array(rows).to_string();
+    sqlx::query(
+        "INSERT INTO outbox (hospital_id, destination, lane, subscription, mapping, stream_id, \
+         stream_version, event_type, created_at) \
+         SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5, \
+         j.value->>6, j.value->>7, ?2 FROM json_each(?1) AS j ORDER BY j.key; \
+         INSERT INTO outbox_lanes (destination, lane, hospital_id, ready_at) \
+         SELECT DISTINCT j.value->>1, j.value->>2, j.value->>0, ?2 FROM json_each(?1) AS j \
+         WHERE true ON CONFLICT DO NOTHING",
+    )
+    .bind(rows)
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn ts(at: OffsetDateTime) -> Result<String, StoreError> {
+    format_timestamp(at, "outbox")
+}
+
+/// The `WHERE` of a DLQ filter: `?1` id, `?2` destination, `?3` dead before, `?4` tenant.
+const DLQ_WHERE: &str = "status = 'dead' AND (?1 IS NULL OR id = ?1) \
+     AND (?2 IS NULL OR destination = ?2) AND (?3 IS NULL OR finished_at < ?3) \
+     AND (?4 IS NULL OR hospital_id = ?4)";
+
+impl OutboxStore for SqliteStore {
+    fn claim_lanes<'a>(
+        &'a self,
+        destination: &'a str,
+        owner: &'a str,
+        limit: i64,
+        now: OffsetDateTime,
+        lease_until: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        async move {
+            let (now, until) = (ts(now)?, ts(lease_until)?);
+            let mut writer = self.writer().await?;
+            // Driven by the pending rows (a partial index: small when the queue is), not by the
+            // lanes table, which holds every patient ever delivered.
+            let lanes: Vec<(String,)> = sqlx::query_as(
+                "UPDATE outbox_lanes SET lease_owner = ?1, lease_until = ?2 \
+                 WHERE destination = ?3 AND lane IN ( \
+                   SELECT l.lane FROM (SELECT DISTINCT lane FROM outbox \
+                       WHERE destination = ?3 AND status = 'pending') AS p \
+                   JOIN outbox_lanes AS l ON l.destination = ?3 AND l.lane = p.lane \
+                   WHERE l.ready_at <= ?4 AND (l.lease_owner IS NULL OR l.lease_until < ?4) \
+                     AND NOT EXISTS (SELECT 1 FROM outbox AS d WHERE d.destination = ?3 \
+                         AND d.lane = l.lane AND d.status = 'dead') \
+                   ORDER BY l.ready_at LIMIT ?5) \
+                 RETURNING lane",
+            )
+            .bind(owner)
+            .bind(until)
+            .bind(destination)
+            .bind(now)
+            .bind(limit)
+            .fetch_all(&mut *writer)
+            .await?;
+            Ok(lanes.into_iter().map(|(l,)| l).collect())
+        }
+        .boxed()
+    }
+
+    fn lane_items<'a>(
+        &'a self,
+        destination: &'a str,
+        lane: &'a str,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<OutboxItem>, StoreError>> {
+        async move {
+            let rows = sqlx::query(
+                "SELECT o.id AS o_id, o.destination AS o_destination, o.lane AS o_lane, \
+                 o.subscription AS o_subscription, o.mapping AS o_mapping, \
+                 o.attempts AS o_attempts, o.created_at AS o_created_at, \
+                 e.global_position, e.hospital_id, e.stream_id, e.stream_version, e.event_type, \
+                 e.schema_version, e.payload, e.metadata, e.recorded_at \
+                 FROM outbox AS o JOIN events AS e ON e.hospital_id = o.hospital_id \
+                   AND e.stream_id = o.stream_id AND e.stream_version = o.stream_version \
+                 WHERE o.destination = ? AND o.lane = ? AND o.status = 'pending' \
+                 ORDER BY o.id LIMIT ?",
+            )
+            .bind(destination)
+            .bind(lane)
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
+            rows.iter().map(rows::outbox_item).collect()
+        }
+        .boxed()
+    }
+
+    fn record_attempts<'a>(
+        &'a self,
+        attempts: &'a [Attempt],
+    ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
+        async move {
+            let mut writer = self.writer().await?;
+            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+            let result = record(&mut tx, attempts).await;
+            match result {
+                Ok(held) => {
+                    tx.commit().await?;
+                    Ok(held)
+                }
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn renew_leases<'a>(
+        &'a self,
+        owner: &'a str,
+        until: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let until = ts(until)?;
+            let mut writer = self.writer().await?;
+            let done = sqlx::query("UPDATE outbox_lanes SET lease_until = ? WHERE lease_owner = ?")
+                .bind(until)
+                .bind(owner)
+                .execute(&mut *writer)
+                .await?;
+            Ok(done.rows_affected())
+        }
+        .boxed()
+    }
+
+    fn release_lane<'a>(
+        &'a self,
+        destination: &'a str,
+        lane: &'a str,
+        owner: &'a str,
+        ready_at: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        async move {
+            let ready_at = ts(ready_at)?;
+            let mut writer = self.writer().await?;
+            sqlx::query(
+                "UPDATE outbox_lanes SET lease_owner = NULL, lease_until = NULL, ready_at = ? \
+                 WHERE destination = ? AND lane = ? AND lease_owner = ?",
+            )
+            .bind(ready_at)
+            .bind(destination)
+            .bind(lane)
+            .bind(owner)
+            .execute(&mut *writer)
+            .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+
+    fn enqueue<'a>(
+        &'a self,
+        deliveries: &'a [ReplayDelivery],
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            if deliveries.is_empty() {
+                return Ok(0);
+            }
+            let now = ts(now)?;
+            let rows = deliveries
+                .iter()
+                .map(|r| {
+                    json!([
+                        r.hospital_id,
+                        r.delivery.destination,
+                        r.delivery.lane,
+                        r.delivery.subscription,
+                        r.delivery.mapping,
+                        r.stream_id,
+                        r.stream_version,
+                        r.event_type,
+                    ])
+                })
+                .collect();
+            let mut writer = self.writer().await?;
+            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+            match insert_rows(&mut tx, rows, &now).await {
+                Ok(()) => {
+                    tx.commit().await?;
+                    Ok(deliveries.len() as u64)
+                }
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn outbox_status(&self) -> BoxFuture<'_, Result<Vec<DestinationStatus>, StoreError>> {
+        async move {
+            // Only pending and dead rows are counted, through their partial indexes: delivered
+            // rows stay in the table and would make this a full scan.
+            let totals = sqlx::query(
+                "SELECT destination, sum(p) AS pending, sum(d) AS dead, \
+                 min(CASE WHEN p = 1 THEN created_at END) AS oldest_at FROM ( \
+                   SELECT destination, created_at, 1 AS p, 0 AS d FROM outbox WHERE status = 'pending' \
+                   UNION ALL \
+                   SELECT destination, created_at, 0, 1 FROM outbox WHERE status = 'dead') \
+                 GROUP BY destination ORDER BY destination",
+            )
+            .fetch_all(&self.reader)
+            .await?;
+            let mut out = Vec::new();
+            for row in &totals {
+                let mut status = rows::destination_status(row)?;
+                let lanes = sqlx::query(
+                    "SELECT x.lane, sum(x.p) AS pending, sum(x.d) AS dead, \
+                     min(x.created_at) AS oldest_at, l.lease_owner, l.ready_at FROM ( \
+                       SELECT lane, created_at, 1 AS p, 0 AS d FROM outbox \
+                         WHERE status = 'pending' AND destination = ?1 \
+                       UNION ALL \
+                       SELECT lane, created_at, 0, 1 FROM outbox \
+                         WHERE status = 'dead' AND destination = ?1) AS x \
+                     LEFT JOIN outbox_lanes AS l ON l.destination = ?1 AND l.lane = x.lane \
+                     GROUP BY x.lane ORDER BY sum(x.p) + sum(x.d) DESC, x.lane LIMIT 20",
+                )
+                .bind(&status.destination)
+                .fetch_all(&self.reader)
+                .await?;
+                status.lanes = lanes
+                    .iter()
+                    .map(rows::lane_status)
+                    .collect::<Result<_, _>>()?;
+                out.push(status);
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn dlq_list<'a>(
+        &'a self,
+        filter: &'a DlqFilter,
+    ) -> BoxFuture<'a, Result<Vec<DeadLetter>, StoreError>> {
+        async move {
+            let sql = format!(
+                "SELECT id, hospital_id, destination, lane, subscription, mapping, event_type, \
+                 stream_id, stream_version, attempts, created_at, finished_at, last_error, \
+                 last_response FROM outbox WHERE {DLQ_WHERE} ORDER BY id LIMIT ?5"
+            );
+            let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(filter.id)
+                .bind(filter.destination.as_deref())
+                .bind(filter.dead_before.map(ts).transpose()?)
+                .bind(filter.hospital_id.as_deref())
+                .bind(filter.limit.unwrap_or(i64::MAX))
+                .fetch_all(&self.reader)
+                .await?;
+            rows.iter().map(rows::dead_letter).collect()
+        }
+        .boxed()
+    }
+
+    fn dlq_retry<'a>(
+        &'a self,
+        filter: &'a DlqFilter,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let now = ts(now)?;
+            let mut writer = self.writer().await?;
+            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+            let result = async {
+                let sql = format!(
+                    "UPDATE outbox SET status = 'pending', attempts = 0, finished_at = NULL \
+                     WHERE {DLQ_WHERE} RETURNING destination, lane"
+                );
+                let lanes: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(filter.id)
+                    .bind(filter.destination.as_deref())
+                    .bind(filter.dead_before.map(ts).transpose()?)
+                    .bind(filter.hospital_id.as_deref())
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let count = lanes.len() as u64;
+                let unique: BTreeSet<(String, String)> = lanes.into_iter().collect();
+                let list = serde_json::to_string(&unique.into_iter().collect::<Vec<_>>())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                sqlx::query(
+                    "UPDATE outbox_lanes SET ready_at = ?1 FROM json_each(?2) AS j \
+                     WHERE outbox_lanes.destination = j.value->>0 AND outbox_lanes.lane = j.value->>1",
+                )
+                .bind(&now)
+                .bind(list)
+                .execute(&mut *tx)
+                .await?;
+                Ok::<_, StoreError>(count)
+            }
+            .await;
+            match result {
+                Ok(count) => {
+                    tx.commit().await?;
+                    Ok(count)
+                }
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
+            }
+        }
+        .boxed()
+    }
+
+    fn dlq_discard<'a>(
+        &'a self,
+        filter: &'a DlqFilter,
+        now: OffsetDateTime,
+    ) -> BoxFuture<'a, Result<u64, StoreError>> {
+        async move {
+            let now = ts(now)?;
+            let mut writer = self.writer().await?;
+            let sql = format!(
+                "UPDATE outbox SET status = 'discarded', finished_at = ?5 WHERE {DLQ_WHERE}"
+            );
+            let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(filter.id)
+                .bind(filter.destination.as_deref())
+                .bind(filter.dead_before.map(ts).transpose()?)
+                .bind(filter.hospital_id.as_deref())
+                .bind(now)
+                .execute(&mut *writer)
+                .await?;
+            Ok(done.rows_affected())
+        }
+        .boxed()
+    }
+
+    fn delivered_after<'a>(
+        &'a self,
+        destination: &'a str,
+        after: i64,
+        limit: i64,
+    ) -> BoxFuture<'a, Result<Vec<DeliveredRow>, StoreError>> {
+        async move {
+            let rows = sqlx::query(
+                "SELECT id, destination, lane, attempts, created_at, finished_at FROM outbox \
+                 WHERE destination = ? AND status = 'delivered' AND id > ? ORDER BY id LIMIT ?",
+            )
+            .bind(destination)
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await?;
+            rows.iter().map(rows::delivered_row).collect()
+        }
+        .boxed()
+    }
+}
+
+/// The attempts of one [`OutboxStore::record_attempts`] call, inside its transaction. Deliveries
+/// (nearly all of them) go as two statements for the whole list; failures one by one.
+async fn record(
+    tx: &mut Transaction<'_, Sqlite>,
+    attempts: &[Attempt],
+) -> Result<Vec<bool>, StoreError> {
+    let mut held = vec![false; attempts.len()];
+    let mut delivered = Vec::new();
+    for (i, a) in attempts.iter().enumerate() {
+        let at = ts(a.at)?;
+        match &a.result {
+            AttemptResult::Delivered => delivered.push(json!([
+                a.id,
+                at,
+                a.response
+                    .as_deref()
+                    .map(|r| String::from_utf8_lossy(r).into_owned()),
+                a.destination,
+                a.lane,
+                a.owner,
+                ts(a.lease_until)?,
+            ])),
+            AttemptResult::Retry { .. } | AttemptResult::Dead => {
+                let (status, finished, ready_at) = match &a.result {
+                    AttemptResult::Retry { retry_at } => ("pending", None, ts(*retry_at)?),
+                    _ => ("dead", Some(at.clone()), at.clone()),
+                };
+                sqlx::query(
+                    "UPDATE outbox SET status = ?1, attempts = attempts + 1, last_attempt_at = ?2, \
+                     finished_at = ?3, last_error = ?4, last_response = ?5 \
+                     WHERE id = ?6 AND status = 'pending'",
+                )
+                .bind(status)
+                .bind(&at)
+                .bind(finished)
+                .bind(a.error.as_deref())
+                .bind(a.response.as_deref())
+                .bind(a.id)
+                .execute(&mut **tx)
+                .await?;
+                let released = sqlx::query(
+                    "UPDATE outbox_lanes SET lease_owner = NULL, lease_until = NULL, ready_at = ?1 \
+                     WHERE destination = ?2 AND lane = ?3 AND lease_owner = ?4",
+                )
+                .bind(ready_at)
+                .bind(&a.destination)
+                .bind(&a.lane)
+                .bind(&a.owner)
+                .execute(&mut **tx)
+                .await?;
+                held[i] = released.rows_affected() == 1;
+            }
+        }
+    }
+    if !delivered.is_empty() {
+        let list = serde_json::Value::Array(delivered).to_string();
+        sqlx::query(
+            "UPDATE outbox SET status = 'delivered', attempts = attempts + 1, \
+             last_attempt_at = j.value->>1, finished_at = j.value->>1, last_error = NULL, \
+             last_response = CAST(j.value->>2 AS BLOB) \
+             FROM json_each(?1) AS j WHERE outbox.id = j.value->>0 AND outbox.status = 'pending'",
+        )
+        .bind(&list)
+        .execute(&mut **tx)
+        .await?;
+        // RETURNING may name only the updated table's columns: the lanes still held.
+        let renewed: Vec<(String, String)> = sqlx::query_as(
+            "UPDATE outbox_lanes SET lease_until = j.value->>6 FROM json_each(?1) AS j \
+             WHERE outbox_lanes.destination = j.value->>3 AND outbox_lanes.lane = j.value->>4 \
+               AND outbox_lanes.lease_owner = j.value->>5 \
+             RETURNING destination, lane",
+        )
+        .bind(&list)
+        .fetch_all(&mut **tx)
+        .await?;
+        let lanes_held: BTreeSet<(String, String)> = renewed.into_iter().collect();
+        for (i, a) in attempts.iter().enumerate() {
+            if matches!(a.result, AttemptResult::Delivered) {
+                held[i] = lanes_held.contains(&(a.destination.clone(), a.lane.clone()));
+            }
+        }
+    }
+    Ok(held)
+}
