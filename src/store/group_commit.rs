@@ -390,6 +390,9 @@ mod tests {
         ) -> BoxFuture<'a, Result<u64, StoreError>> {
             async { Ok(0) }.boxed()
         }
+        fn outbox(&self) -> &dyn crate::store::OutboxStore {
+            unreachable!("the committer tests never touch the outbox")
+        }
     }
 
     static NO_QUERY: SearchQuery = SearchQuery {

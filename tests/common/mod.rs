@@ -7,6 +7,8 @@
 //!   where they fail: CI must not go green without having run them.
 #![allow(dead_code)]
 
+pub mod serve;
+
 use std::sync::Arc;
 
 use ferry::store::postgres::PostgresStore;
