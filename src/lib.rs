@@ -41,6 +41,7 @@ pub mod mllp;
 pub mod pipeline;
 pub mod projections;
 pub mod reload;
+pub mod sink;
 pub mod store;
 pub mod telemetry;
 #[doc(hidden)]

@@ -3,7 +3,7 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 
 use ferry::app::App;
 use ferry::config::Settings;
-use ferry::hl7::ack::{expects_accept_ack, summarize_ack};
+use ferry::hl7::ack::{AckCode, expects_accept_ack, summarize_ack};
 use ferry::loadgen;
 use ferry::mapping::{Mapped, MappingSet};
 use ferry::mllp::client::{MllpClient, split_messages};
@@ -151,6 +151,18 @@ enum BenchCommand {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
     },
+    /// The peer of the outbound delivery benchmark: an MLLP receiver that answers every message
+    /// with one ACK code and prints how many messages arrive per interval, and the total on exit.
+    Sink {
+        #[arg(long, default_value = "127.0.0.1:2576")]
+        listen: std::net::SocketAddr,
+        /// The acknowledgment code of every answer (MSA-1).
+        #[arg(long, default_value = "AA", value_parser = ["AA", "AE", "AR", "CA", "CE", "CR"])]
+        answer: String,
+        /// Seconds between progress lines.
+        #[arg(long, default_value_t = 1)]
+        report_every_secs: u64,
+    },
 }
 
 fn main() -> ExitCode {
@@ -206,6 +218,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench {
             what: BenchCommand::HttpPeer { listen },
         } => http_peer(listen).await,
+        Command::Bench {
+            what:
+                BenchCommand::Sink {
+                    listen,
+                    answer,
+                    report_every_secs,
+                },
+        } => {
+            sink(
+                listen,
+                &answer,
+                Duration::from_secs(report_every_secs.max(1)),
+            )
+            .await
+        }
         Command::Bench {
             what:
                 BenchCommand::Mllp {
@@ -290,6 +317,60 @@ async fn http_peer(listen: std::net::SocketAddr) -> anyhow::Result<ExitCode> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     println!("ferry: http listening on {}", listener.local_addr()?);
     axum::serve(listener, app).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ferry bench sink`: prints its address like serve, then one line per interval in which
+/// messages arrived (and the first quiet one after), and the total when stopped.
+async fn sink(
+    listen: std::net::SocketAddr,
+    answer: &str,
+    every: Duration,
+) -> anyhow::Result<ExitCode> {
+    let answer = AckCode::parse(answer).with_context(|| format!("unknown ACK code {answer}"))?;
+    let options = ferry::sink::SinkOptions {
+        answer,
+        ..ferry::sink::SinkOptions::default()
+    };
+    let sink = ferry::sink::Sink::bind(listen, options)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    println!("ferry: sink listening on {}", sink.local_addr()?);
+    let stats = sink.stats();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(sink.run(shutdown.clone()));
+    let started = Instant::now();
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut last_count, mut last_at, mut last_delta) = (0u64, started, 0u64);
+    let stop = wait_for_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = ticker.tick() => {
+                let count = stats.messages();
+                let delta = count - last_count;
+                let secs = last_at.elapsed().as_secs_f64();
+                if delta > 0 || last_delta > 0 {
+                    println!(
+                        "ferry: sink received {delta} messages in {secs:.1} s ({:.0} msg/s), {count} in total, {} connections open",
+                        delta as f64 / secs.max(1e-9),
+                        stats.open_connections()
+                    );
+                }
+                (last_count, last_at, last_delta) = (count, Instant::now(), delta);
+            }
+        }
+    }
+    shutdown.cancel();
+    let _ = server.await;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "ferry: sink received {} messages in total over {} connections in {secs:.1} s",
+        stats.messages(),
+        stats.connections()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

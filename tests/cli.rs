@@ -1,5 +1,5 @@
 //! The `ferry` command line as users run it: `migrate`, `serve` (with port 0 and the listening
-//! lines), `send` and `bench mllp`, each as a child process.
+//! lines), `send`, `bench mllp` and `bench sink`, each as a child process.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader};
@@ -131,4 +131,100 @@ fn bench_mllp_checks_every_ack() {
         "{stdout}"
     );
     assert!(stdout.contains("p99"), "{stdout}");
+}
+
+/// A `ferry bench sink` child process; killed on drop if the test did not stop it.
+struct Sink {
+    child: Child,
+    addr: String,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn sink(answer: &str) -> Sink {
+    let mut child = Command::new(FERRY)
+        .args([
+            "bench",
+            "sink",
+            "--listen",
+            "127.0.0.1:0",
+            "--answer",
+            answer,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .strip_prefix("ferry: sink listening on 127.0.0.1:")
+        .map(|port| format!("127.0.0.1:{port}"))
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"));
+    Sink { child, addr, lines }
+}
+
+#[test]
+fn bench_sink_acks_every_message_and_prints_the_total_on_sigterm() {
+    let mut sink = sink("AA");
+    let out = Command::new(FERRY)
+        .arg("send")
+        .arg(fixture("adt_a01_utf8.hl7"))
+        .arg(fixture("adt_a08_latin1.hl7"))
+        .args(["--to", &sink.addr])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("\nMSA|AA|FIX-A01-0001\n"), "{stdout}");
+    assert!(stdout.contains("\nMSA|AA|FIX-A08-0001\n"), "{stdout}");
+
+    // The load generator checks MSA-2 of every answer against the message it sent.
+    let out = Command::new(FERRY)
+        .args(["bench", "mllp", "--to", &sink.addr])
+        .args(["--connections", "4", "--messages", "200"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("ACKs: 200 accepted, 0 rejected, 0 mismatched"),
+        "{stdout}"
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &sink.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(sink.child.wait().unwrap().success());
+    let rest: Vec<String> = sink.lines.by_ref().map(Result::unwrap).collect();
+    let last = rest.last().map(String::as_str).unwrap_or("");
+    assert!(
+        last.starts_with("ferry: sink received 202 messages in total over 5 connections"),
+        "{rest:?}"
+    );
+}
+
+#[test]
+fn bench_sink_answers_the_code_it_is_given() {
+    let sink = sink("AE");
+    let out = Command::new(FERRY)
+        .arg("send")
+        .arg(fixture("adt_a01_utf8.hl7"))
+        .args(["--to", &sink.addr])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("\nMSA|AE|FIX-A01-0001|ferry bench sink answers AE to every message\n"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("\nERR||"), "{stdout}");
 }

@@ -5,8 +5,11 @@
 //!   throwaway one with `.ci/pg-start`), dropped again when the returned [`PgTestDb`] is dropped.
 //!   Without that variable the PostgreSQL tests are skipped with a message, except under `CI=true`,
 //!   where they fail: CI must not go green without having run them.
+//! * [`receivers`]: MLLP and HTTP receivers that outbound delivery is tested against.
+//! * [`serve`]: a `ferry serve` child process, for crash and multi-instance tests.
 #![allow(dead_code)]
 
+pub mod receivers;
 pub mod serve;
 
 use std::sync::Arc;
