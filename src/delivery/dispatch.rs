@@ -305,22 +305,15 @@ async fn attempt(
         Ok(message) => match &dest.sender {
             Sender::Mllp(sender) => {
                 let control_id = message.control_id.clone().unwrap_or(delivery_id.clone());
-                let mut c = match conn.take() {
-                    Some(c) => Ok(c),
-                    None => sender.connect().await,
-                };
-                match c.as_mut() {
-                    Err(f) => Err((f.clone(), None)),
-                    Ok(open) => {
-                        let result = sender.send(open, &message.body, &control_id).await;
-                        if result.is_ok()
-                            && let Ok(open) = c
-                        {
-                            *conn = Some(open);
-                        }
-                        result
-                    }
+                let reused = conn.is_some();
+                let mut result = send_on(sender, conn, &message.body, &control_id).await;
+                // An idle connection the receiver has closed meanwhile (a restart, an idle
+                // timeout) fails before any answer: that says nothing about the message, so it
+                // goes once more on a fresh connection before counting as an attempt.
+                if reused && matches!(&result, Err((f, None)) if f.kind == FailureKind::Closed) {
+                    result = send_on(sender, conn, &message.body, &control_id).await;
                 }
+                result
             }
             Sender::Http(sender) => {
                 sender
@@ -385,6 +378,24 @@ async fn attempt(
             }
         }
     }
+}
+
+/// Sends on the open connection, or a new one; keeps the connection only after a good answer.
+async fn send_on(
+    sender: &MllpSender,
+    conn: &mut Option<Connection>,
+    body: &[u8],
+    control_id: &str,
+) -> Result<Vec<u8>, (Failure, Option<Vec<u8>>)> {
+    let mut open = match conn.take() {
+        Some(c) => c,
+        None => sender.connect().await.map_err(|f| (f, None))?,
+    };
+    let result = sender.send(&mut open, body, control_id).await;
+    if result.is_ok() {
+        *conn = Some(open);
+    }
+    result
 }
 
 /// After a failed attempt (the `attempts`-th): dead letter, or retry when.

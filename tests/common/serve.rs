@@ -49,4 +49,3 @@ pub async fn spawn_server(config: &std::path::Path) -> Server {
         http: http.expect("http line"),
     }
 }
-
