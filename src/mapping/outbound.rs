@@ -259,8 +259,23 @@ impl MappingSet {
                         segments.push(w);
                     }
                 }
-                let control_id = fill_msh(&mut segments, out, input);
+                let filled = fill_msh(&mut segments, out, input);
+                let control_id = msh_control_id(&segments);
                 let mut explanations = ev.explain.take().unwrap_or_default();
+                if explain {
+                    // What Ferry wrote into MSH itself, so `--explain` accounts for every field.
+                    let at = explanations.iter().position(|e| !e.output.starts_with("MSH."));
+                    let records = filled.into_iter().map(|(n, source, value)| Explanation {
+                        event: 0,
+                        output: format!("MSH.{n}"),
+                        rule: "filled by Ferry".to_string(),
+                        source: source.map(str::to_string),
+                        raw: None,
+                        value: J::String(value),
+                    });
+                    let at = at.unwrap_or(explanations.len());
+                    explanations.splice(at..at, records);
+                }
                 for e in &mut explanations {
                     e.output = hl7_output_name(&e.output);
                 }
@@ -279,30 +294,52 @@ impl MappingSet {
     }
 }
 
-/// Puts MSH first (adding it when the file has none) and fills what the file left to Ferry; returns MSH-10.
-fn fill_msh(segments: &mut Vec<WriteSegment>, out: &Outbound, input: &OutboundInput<'_>) -> String {
+/// Puts MSH first (adding it when the file has none) and fills what the file left to Ferry; returns what
+/// it filled: (field, envelope source, value), for `explain`.
+fn fill_msh(
+    segments: &mut Vec<WriteSegment>,
+    out: &Outbound,
+    input: &OutboundInput<'_>,
+) -> Vec<(usize, Option<&'static str>, String)> {
     if segments.first().is_none_or(|s| s.id != "MSH") {
         segments.insert(0, WriteSegment::new("MSH"));
     }
+    let mut filled = Vec::new();
     let Some(msh) = segments.first_mut() else {
-        return input.delivery_id.to_string();
+        return filled;
     };
     for &n in MSH_FILLED {
         if msh.has(n) {
             continue;
         }
-        match n {
-            7 => msh.set_text(7, &recorded_dtm(input.recorded_at)),
-            9 => msh.set(
+        let (source, value) = match n {
+            7 => (
+                Some("$event.recorded_at"),
+                recorded_dtm(input.recorded_at),
+            ),
+            9 => (None, out.message_type.join("^")),
+            10 => (Some("$delivery.id"), input.delivery_id.to_string()),
+            11 => (None, "P".to_string()),
+            _ => (None, out.version.clone()),
+        };
+        if n == 9 {
+            msh.set(
                 9,
                 vec![out.message_type.iter().map(|c| vec![c.clone()]).collect()],
-            ),
-            10 => msh.set_text(10, input.delivery_id),
-            11 => msh.set_text(11, "P"),
-            _ => msh.set_text(12, &out.version),
+            );
+        } else {
+            msh.set_text(n, &value);
         }
+        filled.push((n, source, value));
     }
-    // MSH-10 as written, so that the receiver's MSA-2 can be compared with it.
+    filled
+}
+
+/// MSH-10 as written (escaped), so that the receiver's MSA-2 can be compared with it.
+fn msh_control_id(segments: &[WriteSegment]) -> String {
+    let Some(msh) = segments.first() else {
+        return String::new();
+    };
     msh.fields
         .get(9)
         .and_then(|f| f.first())

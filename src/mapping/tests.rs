@@ -826,6 +826,14 @@ fn shipped_mappings_load_and_their_examples_pass() {
         if outcome.passed {
             continue;
         }
+        if bless && let Expectation::Rendered(path) = &outcome.example.expectation {
+            let rendered = set
+                .render_example_input(&outcome.example)
+                .unwrap()
+                .unwrap();
+            std::fs::write(path, rendered_text(&rendered)).unwrap();
+            continue;
+        }
         if bless && let Expectation::Events(path) = &outcome.example.expectation {
             let mapped = set.map_example_input(&outcome.example).unwrap().unwrap();
             let text = serde_json::to_string_pretty(&events_json(&mapped)).unwrap();
