@@ -1943,7 +1943,7 @@ impl Loader<'_> {
             }
             match *key {
                 "description" | "format" => {
-                    self.string(file, v, *key);
+                    self.string(file, v, key);
                 }
                 "events" => {
                     let items: Vec<&Node> = match &v.kind {

@@ -264,7 +264,9 @@ impl MappingSet {
                 let mut explanations = ev.explain.take().unwrap_or_default();
                 if explain {
                     // What Ferry wrote into MSH itself, so `--explain` accounts for every field.
-                    let at = explanations.iter().position(|e| !e.output.starts_with("MSH."));
+                    let at = explanations
+                        .iter()
+                        .position(|e| !e.output.starts_with("MSH."));
                     let records = filled.into_iter().map(|(n, source, value)| Explanation {
                         event: 0,
                         output: format!("MSH.{n}"),
@@ -313,10 +315,7 @@ fn fill_msh(
             continue;
         }
         let (source, value) = match n {
-            7 => (
-                Some("$event.recorded_at"),
-                recorded_dtm(input.recorded_at),
-            ),
+            7 => (Some("$event.recorded_at"), recorded_dtm(input.recorded_at)),
             9 => (None, out.message_type.join("^")),
             10 => (Some("$delivery.id"), input.delivery_id.to_string()),
             11 => (None, "P".to_string()),

@@ -585,7 +585,7 @@ examples:
             "messages: [ADT^A04]\nevent: PatientRegistered\nstream: [order]\nfields: {}\n",
         ),
         ("tables/broken.yaml", "map: [a, b\n"),
-        ("outbound/ignored.yaml", "not: [checked\n"),
+        ("examples/ignored.yaml", "not: [checked\n"),
         ("README.md", "not yaml: ["),
     ]);
     let problems = MappingSet::load(dir.path()).unwrap_err();
@@ -706,11 +706,11 @@ examples:
             .iter()
             .any(|s| s.contains("allowed keys: path, first, each"))
     );
-    // Files outside settings/datatypes/tables/inbound are not read.
+    // Files outside settings/datatypes/tables/inbound/fhir/outbound are not read.
     assert!(
         !problems
             .iter()
-            .any(|p| p.file.ends_with("outbound/ignored.yaml") || p.file.ends_with("README.md"))
+            .any(|p| p.file.ends_with("examples/ignored.yaml") || p.file.ends_with("README.md"))
     );
 }
 
@@ -827,10 +827,7 @@ fn shipped_mappings_load_and_their_examples_pass() {
             continue;
         }
         if bless && let Expectation::Rendered(path) = &outcome.example.expectation {
-            let rendered = set
-                .render_example_input(&outcome.example)
-                .unwrap()
-                .unwrap();
+            let rendered = set.render_example_input(&outcome.example).unwrap().unwrap();
             std::fs::write(path, rendered_text(&rendered)).unwrap();
             continue;
         }
