@@ -99,6 +99,8 @@ type Res<T> = Result<T, Box<OutboundError>>;
 /// The HL7 v2 media type used by HL7's own HTTP guidance; MLLP ignores it.
 const HL7_CONTENT_TYPE: &str = "x-application/hl7-v2+er7";
 const JSON_CONTENT_TYPE: &str = "application/json";
+/// MSH-18 for UTF-8 (HL7 table 0211).
+const UTF8_CHARSET: &str = "UNICODE UTF-8";
 
 /// The source document: the payload's fields, and the envelope under names no payload field can have.
 fn source_document(input: &OutboundInput<'_>, out: &Outbound) -> Res<J> {
@@ -259,7 +261,20 @@ impl MappingSet {
                         segments.push(w);
                     }
                 }
-                let filled = fill_msh(&mut segments, out, input);
+                let mut filled = fill_msh(&mut segments, out, input);
+                // The body is UTF-8; a receiver assumes ASCII (or its own 8-bit set) unless MSH-18 says
+                // otherwise, so it is said whenever the message is not plain ASCII.
+                let non_ascii = segments
+                    .iter()
+                    .flat_map(|s| s.fields.iter().flatten().flatten().flatten())
+                    .any(|t| !t.is_ascii());
+                if let Some(msh) = segments.first_mut()
+                    && non_ascii
+                    && !msh.has(18)
+                {
+                    msh.set_text(18, UTF8_CHARSET);
+                    filled.push((18, None, UTF8_CHARSET.to_string()));
+                }
                 let control_id = msh_control_id(&segments);
                 let mut explanations = ev.explain.take().unwrap_or_default();
                 if explain {
