@@ -159,7 +159,11 @@ impl MappingSet {
     /// Renders one stored event through an outbound file.
     ///
     /// The error is boxed as inbound ones are: rare, and large.
-    pub fn render_outbound(&self, name: &str, input: &OutboundInput<'_>) -> Res<Rendered> {
+    pub fn render_outbound(
+        &self,
+        name: &str,
+        input: &OutboundInput<'_>,
+    ) -> Result<Rendered, Box<OutboundError>> {
         self.run_outbound(name, input, false).map(|(r, _)| r)
     }
 
@@ -169,7 +173,7 @@ impl MappingSet {
         &self,
         name: &str,
         input: &OutboundInput<'_>,
-    ) -> Res<(Rendered, Vec<Explanation>)> {
+    ) -> Result<(Rendered, Vec<Explanation>), Box<OutboundError>> {
         self.run_outbound(name, input, true)
     }
 
