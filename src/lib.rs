@@ -10,9 +10,11 @@
 //! | FHIR API: read, vread, history, search | `src/listeners/fhir/mod.rs` (`params.rs`, `outcome.rs`, `capability.rs`) |
 //! | decode bytes → text by MSH-18 | `src/hl7/decode.rs` |
 //! | parse (zero-copy), escapes, paths | `src/hl7/parse.rs`, `src/hl7/escape.rs`, `src/hl7/path.rs` |
+//! | write HL7 v2 messages (outbound) | `src/hl7/write.rs` |
 //! | ACK building | `src/hl7/ack.rs` |
 //! | domain events (catalogue, payload types, payload check, stream ids) | `src/domain/mod.rs`, `src/domain/model.rs`, `src/domain/check.rs` |
 //! | mapping: HL7 v2 → domain events (YAML rules, checks, explain, examples) | `src/mapping/mod.rs` (loader `load.rs`, evaluator `eval.rs`) |
+//! | outbound mapping: stored event → HL7 v2 message or JSON for a destination | `src/mapping/outbound.rs` (files in `mappings/outbound/`) |
 //! | hot reload of the mapping folder | `src/reload.rs` |
 //! | ingest: validate → map → commit → ACK | `src/pipeline.rs` |
 //! | group commit | `src/store/group_commit.rs` |

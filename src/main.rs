@@ -55,10 +55,23 @@ enum Command {
         what: MappingsCommand,
     },
     /// Map one HL7 v2 message file (or a FHIR resource, JSON) with the mappings and print the
-    /// events it produces.
+    /// events it produces; with `--outbound`, render a stored event (JSON) for a destination.
     Map {
-        /// The message file (any MSH-18 character set), or a FHIR Patient or ServiceRequest.
+        /// The message file (any MSH-18 character set), or a FHIR Patient or ServiceRequest; with
+        /// `--outbound`, an event file (`{event, stream, payload}` or an array of them).
         file: PathBuf,
+        /// Render the event through this outbound mapping, e.g. `outbound/pacs_orm_o01`.
+        #[arg(long)]
+        outbound: Option<String>,
+        /// With `--outbound`: which event of an array (0-based).
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+        /// With `--outbound`: the delivery id (MSH-10).
+        #[arg(long, default_value = "1")]
+        delivery_id: String,
+        /// With `--outbound`: the event's recorded time (MSH-7), RFC 3339.
+        #[arg(long, default_value = "2026-11-03T15:30:00+01:00")]
+        recorded_at: String,
         /// Show, for every output field, the rule, the source path and the raw value.
         #[arg(long)]
         explain: bool,
@@ -206,9 +219,29 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => rebuild_projections(config).await,
         Command::Map {
             file,
+            outbound: Some(outbound),
+            index,
+            delivery_id,
+            recorded_at,
+            explain,
+            mappings,
+            ..
+        } => render_file(
+            &file,
+            &outbound,
+            index,
+            &delivery_id,
+            &recorded_at,
+            explain,
+            &mappings,
+        ),
+        Command::Map {
+            file,
             explain,
             interaction,
             mappings,
+            outbound: None,
+            ..
         } => map_file(&file, explain, &interaction, &mappings),
         Command::Send {
             files,
@@ -503,8 +536,9 @@ fn mappings_command(what: MappingsCommand) -> anyhow::Result<ExitCode> {
                 Err(code) => return Ok(code),
             };
             println!(
-                "ferry: {} mapping(s) in {} are valid (version {})",
+                "ferry: {} mapping(s) and {} outbound mapping(s) in {} are valid (version {})",
                 set.mappings().len(),
+                set.outbound_names().len(),
                 dir.display(),
                 set.version()
             );
@@ -648,6 +682,49 @@ fn map_file(
                     .map_or_else(|| "no location".to_owned(), |l| l.to_erl('^')),
                 e.message,
                 e.mapping
+            );
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `ferry map EVENT.json --outbound outbound/NAME`: the rendered message or document.
+fn render_file(
+    file: &std::path::Path,
+    name: &str,
+    index: usize,
+    delivery_id: &str,
+    recorded_at: &str,
+    explain: bool,
+    dir: &std::path::Path,
+) -> anyhow::Result<ExitCode> {
+    let set = match load_mappings(dir)? {
+        Ok(set) => set,
+        Err(code) => return Ok(code),
+    };
+    let event = ferry::mapping::read_event(file, index).map_err(anyhow::Error::msg)?;
+    let recorded_at =
+        time::OffsetDateTime::parse(recorded_at, &time::format_description::well_known::Rfc3339)
+            .with_context(|| format!("--recorded-at {recorded_at:?} is not an RFC 3339 time"))?;
+    let input = event.input("cli", delivery_id, recorded_at);
+    let result = if explain {
+        set.explain_outbound(name, &input)
+            .map(|(r, e)| (r, Some(e)))
+    } else {
+        set.render_outbound(name, &input).map(|r| (r, None))
+    };
+    match result {
+        Ok((rendered, explanations)) => {
+            print!("{}", ferry::mapping::rendered_text(&rendered));
+            if let Some(explanations) = explanations {
+                print_explanations(&explanations);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!(
+                "error{}: {e}",
+                e.path().map(|p| format!(" at {p}")).unwrap_or_default()
             );
             Ok(ExitCode::FAILURE)
         }

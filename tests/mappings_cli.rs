@@ -141,6 +141,61 @@ fn map_explain_names_rule_source_and_raw_value() {
 }
 
 #[test]
+fn map_outbound_renders_an_event_and_explains_each_hl7_field() {
+    let event = manifest("mappings/examples/orm_o01_nw.json");
+    let out = ferry(&[
+        "map",
+        event.to_str().unwrap(),
+        "--outbound",
+        "outbound/pacs_orm_o01",
+        "--delivery-id",
+        "D-9",
+        "--explain",
+    ]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "{text}");
+    let msh = text.lines().next().unwrap();
+    assert!(msh.starts_with("MSH|^~\\&|FERRY|"), "{msh}");
+    assert!(msh.contains("|ORM^O01^ORM_O01|D-9|P|2.5.1"), "{msh}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("ORC|NW|PL0101^FERRY-TEST")),
+        "{text}"
+    );
+    let id = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("PID.3[1].1 "))
+        .unwrap_or_else(|| panic!("no explanation of PID-3:\n{text}"));
+    assert!(
+        id.contains("patient.identifiers[0].value") && id.contains("100010"),
+        "{id}"
+    );
+    let sex = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("PID.8 "))
+        .unwrap();
+    assert!(
+        sex.contains("\"F\"") && sex.contains("patient.sex") && sex.contains("reverse"),
+        "{sex}"
+    );
+
+    // An event type the file does not render is refused with a sentence, not a panic.
+    let adt = manifest("mappings/examples/adt_a01_basic.json");
+    let out = ferry(&[
+        "map",
+        adt.to_str().unwrap(),
+        "--outbound",
+        "outbound/pacs_orm_o01",
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        stdout(&out).contains("does not render PatientAdmitted events"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
 fn map_explains_a_fhir_resource_by_its_elements() {
     let fixture = manifest("fixtures/fhir/servicerequest_update.json");
     let out = ferry(&[

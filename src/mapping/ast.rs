@@ -81,8 +81,14 @@ impl JsonPath {
                 }
                 None => (part, Index::Default),
             };
-            let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            // `$event`, `$delivery`: reserved names outbound files read the envelope by (the loader says
+            // where they are allowed); `$` cannot start a payload field, so they never clash.
+            let bare = match name.strip_prefix('$') {
+                Some(rest) if steps.is_empty() && !relative => rest,
+                _ => name,
+            };
+            let ok = bare.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
+                && bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
             if !ok {
                 return Err((
                     at,
@@ -207,6 +213,9 @@ pub(crate) enum Source {
         parts: Vec<Rule>,
         separator: String,
     },
+    /// A list of the rules' values, absent ones left out: for outbound JSON (`entry: [ … ]`), where the
+    /// output has lists the event does not.
+    List(Vec<Rule>),
 }
 
 /// One rule with its modifiers.
@@ -219,6 +228,8 @@ pub(crate) struct Rule {
     pub build: Option<Build>,
     pub transforms: Vec<Transform>,
     pub table: Option<usize>,
+    /// `reverse: true`: the table is read value → code (outbound), see [`Table::reverse`].
+    pub reverse: bool,
     pub default: Option<serde_json::Value>,
     pub required: bool,
     pub when: Vec<Condition>,
@@ -241,6 +252,10 @@ pub(crate) struct Table {
     pub name: String,
     pub map: HashMap<String, String>,
     pub default: Option<String>,
+    /// Value → code, for outbound rules with `reverse: true`: the table file's `reverse:` entries, then for
+    /// every other value the first code in file order that maps to it (so `unknown` → `U` needs
+    /// `reverse: {unknown: U}` in a table where `C: unknown` comes first).
+    pub reverse: HashMap<String, String>,
 }
 
 /// One `examples:` entry of an inbound file.
@@ -316,6 +331,65 @@ pub(crate) struct Inbound {
     pub fhir: Option<FhirSource>,
 }
 
+/// What an outbound file renders: an HL7 v2 message or a JSON document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutboundFormat {
+    Hl7v2,
+    Json,
+}
+
+impl OutboundFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutboundFormat::Hl7v2 => "hl7v2",
+            OutboundFormat::Json => "json",
+        }
+    }
+}
+
+/// One entry of an outbound file's `segments:`.
+#[derive(Debug, Clone)]
+pub(crate) struct SegmentRule {
+    pub id: String,
+    /// `each:`: one segment per item the path selects (relative paths in the fields read the item).
+    pub each: Option<PathRef>,
+    pub when: Vec<Condition>,
+    /// Output names are field numbers (`"3"`).
+    pub fields: Vec<FieldRule>,
+}
+
+/// One `examples:` entry of an outbound file.
+#[derive(Debug, Clone)]
+pub(crate) struct OutboundExample {
+    pub line: usize,
+    /// A JSON file: an event `{event, stream, payload}` or an array of them (`index` picks one).
+    pub input: PathBuf,
+    pub index: usize,
+    pub delivery_id: String,
+    /// RFC 3339, the event's recorded time.
+    pub recorded_at: String,
+    /// The expected `.hl7` (segments one a line) or `.json` file.
+    pub expect: PathBuf,
+}
+
+/// One outbound mapping file (`outbound/<name>.yaml`): stored event → message or JSON.
+#[derive(Debug, Clone)]
+pub(crate) struct Outbound {
+    /// As subscriptions name it: `outbound/pacs_orm_o01`.
+    pub name: String,
+    pub file: usize,
+    pub events: Vec<String>,
+    pub format: OutboundFormat,
+    /// MSH-9 components, e.g. `[ORM, O01, ORM_O01]` (HL7 v2 only).
+    pub message_type: Vec<String>,
+    /// MSH-12 (HL7 v2 only).
+    pub version: String,
+    pub segments: Vec<SegmentRule>,
+    /// The JSON document's fields (JSON only).
+    pub body: Vec<FieldRule>,
+    pub examples: Vec<OutboundExample>,
+}
+
 /// Everything loaded, names resolved.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Ast {
@@ -326,4 +400,5 @@ pub(crate) struct Ast {
     pub rules: Vec<Named>,
     pub tables: Vec<Table>,
     pub inbound: Vec<Inbound>,
+    pub outbound: Vec<Outbound>,
 }

@@ -202,7 +202,12 @@ impl<'a> Doc<'a> for JsonDoc<'a> {
             }
         }
         parts.reverse();
-        format!("{}{}", self.resource_type, parts.concat())
+        let path = parts.concat();
+        // A stored event (outbound) has no resource type: its paths read `patient.names[0].family`.
+        match (self.resource_type.is_empty(), path.strip_prefix('.')) {
+            (true, Some(rest)) => rest.to_string(),
+            _ => format!("{}{}", self.resource_type, path),
+        }
     }
 
     fn groups(&mut self, _starts: &[String]) -> Vec<Option<(usize, usize)>> {

@@ -104,6 +104,8 @@ pub(crate) struct Eval<'s, 'a, D: Doc<'a>> {
     /// Output field names down to the rule being evaluated, kept also when not explaining, so that an
     /// error can say which output field it was building (`patient.identifiers`).
     names: Vec<&'s str>,
+    /// Put before `names` in errors: the outbound segment being built (`PID`, `NK1[2]`).
+    name_prefix: String,
     /// Emptied lists for `each` and `pick` to select into, kept for the next one: a list per rule was a good
     /// part of the allocations of a message. A stack, because an `each` item's rules may hold an `each` too.
     selections: Vec<Vec<(D::Item, D::Loc)>>,
@@ -122,6 +124,7 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             out: String::new(),
             rules: Vec::new(),
             names: Vec::new(),
+            name_prefix: String::new(),
             selections: Vec::new(),
             _doc: std::marker::PhantomData,
         }
@@ -129,10 +132,11 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
 
     /// ` for patient.birth_date`: which output field an error happened in.
     fn for_field(&self) -> String {
-        if self.names.is_empty() {
-            String::new()
-        } else {
-            format!(" for {}", self.names.join("."))
+        match (self.name_prefix.is_empty(), self.names.is_empty()) {
+            (true, true) => String::new(),
+            (true, false) => format!(" for {}", self.names.join(".")),
+            (false, true) => format!(" for {}", self.name_prefix),
+            (false, false) => format!(" for {}.{}", self.name_prefix, self.names.join(".")),
         }
     }
 
@@ -153,7 +157,7 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
         match &rule.source {
             Source::Path(p) | Source::Pick { path: p, .. } => self.doc.loc_of(scope, p),
             Source::Each { paths: ps, .. } => ps.first().and_then(|p| self.doc.loc_of(scope, p)),
-            Source::First(rs) | Source::Join { parts: rs, .. } => {
+            Source::First(rs) | Source::Join { parts: rs, .. } | Source::List(rs) => {
                 rs.first().and_then(|r| self.primary_loc(r, scope))
             }
             Source::Use(id) => self.primary_loc(&self.ast.rules[*id].rule, None),
@@ -374,6 +378,22 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             }
             Source::Use(id) => self.eval(&self.ast.rules[*id].rule, None)?,
             Source::Fields(fields) => self.fields(fields, scope)?,
+            Source::List(rules) => {
+                let mut list = Vec::with_capacity(rules.len());
+                for r in rules {
+                    let len = if self.explain.is_some() {
+                        self.push_out(&format!("[{}]", list.len()))
+                    } else {
+                        self.out.len()
+                    };
+                    let v = self.eval(r, scope);
+                    self.out.truncate(len);
+                    if let Some(v) = v? {
+                        list.push(v);
+                    }
+                }
+                (!list.is_empty()).then_some(J::Array(list))
+            }
         };
         if value.is_none()
             && let Some(d) = &rule.default
@@ -490,6 +510,29 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             return Ok(Some(J::String(text.into_owned())));
         };
         let table = &self.ast.tables[tid];
+        if rule.reverse {
+            // Value → code. The table's own `default` is a value for unknown codes, not a code, so only
+            // the rule's default applies here.
+            if let Some(code) = table.reverse.get(text.as_ref()) {
+                return Ok(Some(J::String(code.clone())));
+            }
+            if let Some(d) = &rule.default {
+                return Ok(Some(d.clone()));
+            }
+            let at = loc
+                .map(|l| format!(" at {}", self.doc.path(l)))
+                .unwrap_or_default();
+            return Err(self.err(
+                MapErrorCode::TableValue,
+                loc,
+                format!(
+                    "{text:?}{at}{} has no code in table {} (tables/{}.yaml, read in reverse), and the rule has no default",
+                    self.for_field(),
+                    table.name,
+                    table.name
+                ),
+            ));
+        }
         if let Some(v) = table.map.get(text.as_ref()) {
             return Ok(Some(J::String(v.clone())));
         }
@@ -513,6 +556,44 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                 table.name
             ),
         ))
+    }
+
+    // ---- outbound -------------------------------------------------------------------------------------------
+
+    /// Names the mapping in errors (inbound files set it per file in [`Eval::events`]).
+    pub fn set_mapping(&mut self, name: &'s str) {
+        self.mapping = name;
+    }
+
+    /// Whether all conditions hold in a scope (a segment's `when:`).
+    pub fn all_hold(&self, conditions: &[Condition], scope: Scope<'a, D>) -> bool {
+        conditions.iter().all(|c| self.holds(c, scope))
+    }
+
+    /// Every item a path selects (a segment's `each:`).
+    pub fn select_all(&self, p: &PathRef) -> Vec<(D::Item, D::Loc)> {
+        let mut out = Vec::new();
+        self.doc.select(None, p, false, &mut out);
+        out
+    }
+
+    /// The object of `fields:` as an outbound segment or document: `prefix` starts the output names of
+    /// explanations (`PID`, `NK1[2]`; empty for a JSON document) and of errors.
+    pub fn object_at(
+        &mut self,
+        prefix: &str,
+        fields: &'s [FieldRule],
+        scope: Scope<'a, D>,
+    ) -> Res<Option<J>> {
+        self.out.clear();
+        if self.explain.is_some() {
+            self.out.push_str(prefix);
+        }
+        self.name_prefix.clear();
+        self.name_prefix.push_str(prefix);
+        let r = self.fields(fields, scope);
+        self.name_prefix.clear();
+        r
     }
 
     // ---- whole events -------------------------------------------------------------------------------------

@@ -6,14 +6,16 @@
 //! set produces for its input (several files may contribute, e.g. ORC-1 NW and CA groups of one ORM), as
 //! `ferry map` prints them. A mismatch comes with a line diff of the pretty-printed JSON.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value as J, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use crate::hl7::{DecodeOptions, Message, decode};
 
 use super::ast::{ExpectSpec, FhirInteraction};
-use super::{MapError, Mapped, MappingSet};
+use super::{MapError, Mapped, MappingSet, OutboundError, OutboundFormat, OutboundInput, Rendered};
 
 /// One example of one mapping file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,7 +29,22 @@ pub struct Example {
     pub input: PathBuf,
     /// For a FHIR mapping: the interaction the example runs as (the file's first).
     pub interaction: Option<FhirInteraction>,
+    /// For an outbound mapping: which event of the input and the fixed delivery values.
+    pub outbound: Option<OutboundCase>,
     pub expectation: Expectation,
+}
+
+/// How an outbound example renders: the input is an event file (`{event, stream, payload}` or an array of
+/// them, as `ferry map` prints), and what would vary per delivery is fixed so the output can be pinned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundCase {
+    /// `outbound/pacs_orm_o01`.
+    pub mapping: String,
+    /// The position of the event in an input array (0-based).
+    pub index: usize,
+    pub delivery_id: String,
+    /// RFC 3339.
+    pub recorded_at: String,
 }
 
 /// What an example expects.
@@ -46,6 +63,8 @@ pub enum Expectation {
         error: Option<u16>,
         path: Option<String>,
     },
+    /// What an outbound mapping renders: an `.hl7` file (segments one a line) or a `.json` file.
+    Rendered(PathBuf),
 }
 
 /// The result of running one example.
@@ -68,6 +87,86 @@ pub fn events_json(mapped: &Mapped) -> J {
                 .collect(),
         ),
     }
+}
+
+/// A rendered body as examples and `ferry map --outbound` show it: HL7 segments one a line, JSON pretty
+/// with sorted keys.
+pub fn rendered_text(r: &Rendered) -> String {
+    match r.format {
+        OutboundFormat::Hl7v2 => String::from_utf8_lossy(&r.body).replace('\r', "\n"),
+        OutboundFormat::Json => match serde_json::from_slice::<J>(&r.body) {
+            Ok(v) => canonical(&v),
+            Err(_) => String::from_utf8_lossy(&r.body).into_owned(),
+        },
+    }
+}
+
+/// One stored event as read from a file: what an outbound example (or `ferry map --outbound`) renders.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventFile {
+    pub event_type: String,
+    pub stream: String,
+    pub payload: J,
+    pub metadata: J,
+}
+
+impl EventFile {
+    /// The input for [`MappingSet::render_outbound`], with the delivery values given and the stream
+    /// named after its kind (examples do not derive real stream ids).
+    pub fn input<'a>(
+        &'a self,
+        destination: &'a str,
+        delivery_id: &'a str,
+        recorded_at: OffsetDateTime,
+    ) -> OutboundInput<'a> {
+        OutboundInput {
+            tenant: "example",
+            event_type: &self.event_type,
+            payload: &self.payload,
+            metadata: &self.metadata,
+            recorded_at,
+            stream_id: &self.stream,
+            stream_version: 1,
+            delivery_id,
+            destination,
+        }
+    }
+}
+
+/// Reads an event file: one `{event, stream, payload, metadata?}` or an array of them (`index` picks one).
+pub fn read_event(path: &Path, index: usize) -> Result<EventFile, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let v: J =
+        serde_json::from_str(&text).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let item = match &v {
+        J::Array(items) => items.get(index).ok_or_else(|| {
+            format!(
+                "{} has {} event(s); there is no index {index}",
+                path.display(),
+                items.len()
+            )
+        })?,
+        other => other,
+    };
+    let event_type = item
+        .get("event")
+        .and_then(J::as_str)
+        .ok_or_else(|| format!("{}: the event has no `event` (its type)", path.display()))?;
+    let payload = item
+        .get("payload")
+        .cloned()
+        .ok_or_else(|| format!("{}: the event has no `payload`", path.display()))?;
+    Ok(EventFile {
+        event_type: event_type.to_string(),
+        stream: item
+            .get("stream")
+            .and_then(J::as_str)
+            .unwrap_or("example")
+            .to_string(),
+        payload,
+        metadata: item.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
 }
 
 /// The ACK an error turns into, as an example states it.
@@ -120,6 +219,7 @@ impl MappingSet {
                         .fhir
                         .as_ref()
                         .and_then(|f| f.interactions.first().copied()),
+                    outbound: None,
                     expectation: match &e.expect {
                         ExpectSpec::Events(p) => Expectation::Events(p.clone()),
                         ExpectSpec::Ack {
@@ -139,7 +239,82 @@ impl MappingSet {
                 });
             }
         }
+        for o in &self.ast.outbound {
+            for e in &o.examples {
+                out.push(Example {
+                    mapping: o.name.clone(),
+                    file: self.dir.join(&self.ast.files[o.file]),
+                    line: e.line,
+                    input: e.input.clone(),
+                    interaction: None,
+                    outbound: Some(OutboundCase {
+                        mapping: o.name.clone(),
+                        index: e.index,
+                        delivery_id: e.delivery_id.clone(),
+                        recorded_at: e.recorded_at.clone(),
+                    }),
+                    expectation: Expectation::Rendered(e.expect.clone()),
+                });
+            }
+        }
         out
+    }
+
+    /// What an outbound example's event renders to (`Err` when the input cannot be read at all).
+    pub fn render_example_input(
+        &self,
+        example: &Example,
+    ) -> Result<Result<Rendered, Box<OutboundError>>, String> {
+        let Some(case) = &example.outbound else {
+            return Err("not an outbound example".into());
+        };
+        let event = read_event(&example.input, case.index)?;
+        let recorded_at = OffsetDateTime::parse(&case.recorded_at, &Rfc3339)
+            .map_err(|e| format!("recorded_at {:?}: {e}", case.recorded_at))?;
+        let input = event.input("example", &case.delivery_id, recorded_at);
+        Ok(self.render_outbound(&case.mapping, &input))
+    }
+
+    fn check_outbound_example(&self, example: &Example, expected: &Path) -> Result<(), String> {
+        let rendered = self.render_example_input(example)?.map_err(|e| {
+            format!(
+                "expected output, got an error{}: {e}",
+                e.path().map(|p| format!(" at {p}")).unwrap_or_default()
+            )
+        })?;
+        let text = std::fs::read_to_string(expected)
+            .map_err(|e| format!("cannot read {}: {e}", expected.display()))?;
+        match rendered.format {
+            OutboundFormat::Hl7v2 => {
+                let want = text.replace("\r\n", "\n").replace('\r', "\n");
+                let got = rendered_text(&rendered);
+                if want == got {
+                    return Ok(());
+                }
+                Err(format!(
+                    "the message differs from {} (segments one a line):\n{}",
+                    expected.display(),
+                    similar::TextDiff::from_lines(&want, &got)
+                        .unified_diff()
+                        .context_radius(3)
+                        .header("expected", "actual")
+                ))
+            }
+            OutboundFormat::Json => {
+                let want: J = serde_json::from_str(&text)
+                    .map_err(|e| format!("{} is not JSON: {e}", expected.display()))?;
+                let got: J = serde_json::from_slice(&rendered.body)
+                    .map_err(|e| format!("the rendered body is not JSON: {e}"))?;
+                if want == got {
+                    return Ok(());
+                }
+                Err(format!(
+                    "the document differs from {}:\n{}",
+                    expected.display(),
+                    diff(&want, &got)
+                ))
+            }
+        }
     }
 
     /// Runs every example (what `ferry mappings test` prints and the test suite asserts).
@@ -184,6 +359,9 @@ impl MappingSet {
     }
 
     fn check_example(&self, example: &Example) -> Result<(), String> {
+        if let Expectation::Rendered(expected) = &example.expectation {
+            return self.check_outbound_example(example, expected);
+        }
         let result = self.map_example_input(example)?;
         match (&example.expectation, result) {
             (Expectation::Events(path), Ok(mapped)) => {
@@ -259,6 +437,9 @@ impl MappingSet {
                         e.message
                     ))
                 }
+            }
+            (Expectation::Rendered(_), _) => {
+                Err("an outbound expectation on an inbound file".into())
             }
             (Expectation::Ack { code, .. }, Ok(mapped)) => {
                 if code == "AA" {

@@ -3,9 +3,11 @@
 //! The loader never stops at the first problem: an analyst running `ferry mappings check` should see all of
 //! them at once, each with file, line, column and a plain sentence. It reads only `settings.yaml`,
 //! `datatypes.yaml`, `tables/*.yaml`, `inbound/*.yaml` (HL7 v2 → events) and `fhir/*.yaml` (FHIR writes →
-//! events, with `fhir/datatypes.yaml` for FHIR datatypes); other files and folders (a README, `examples/`,
-//! a future `outbound/`) are left alone. The two kinds share every rule and modifier; only paths differ
+//! events, with `fhir/datatypes.yaml` for FHIR datatypes) and `outbound/*.yaml`; other files and folders
+//! (a README, `examples/`) are left alone. The two kinds share every rule and modifier; only paths differ
 //! (`PID.3[*].4.1` against `identifier[*].value`), and a file of one kind cannot use the other's datatypes.
+//! `outbound/*.yaml` (stored event → HL7 v2 message or JSON) read the event with the same JSON paths, plus
+//! the reserved `$event`/`$delivery`, with datatypes of their own in `outbound/datatypes.yaml`.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path as FsPath, PathBuf};
@@ -18,7 +20,8 @@ use crate::hl7::{Index, Path};
 use super::Problem;
 use super::ast::{
     Ast, Build, Condition, ExampleSpec, ExpectSpec, FhirInteraction, FhirSource, FieldRule,
-    Inbound, JsonPath, Match, Named, PathRef, Rule, Source, Table, Test, WRITABLE_RESOURCES,
+    Inbound, JsonPath, Match, Named, Outbound, OutboundExample, OutboundFormat, PathRef, Rule,
+    SegmentRule, Source, Table, Test, WRITABLE_RESOURCES,
 };
 use super::transform::Transform;
 use super::yaml::{self, Kind, Node, Pos};
@@ -34,15 +37,35 @@ pub(crate) const RULE_KEYS: &[&str] = &[
     "use",
     "fields",
     "join",
+    "list",
     "separator",
     "as",
     "table",
+    "reverse",
     "default",
     "transform",
     "required",
     "when",
 ];
-const SOURCE_KEYS: &[&str] = &["path", "first", "each", "pick", "const", "use", "join"];
+const SOURCE_KEYS: &[&str] = &[
+    "path", "first", "each", "pick", "const", "use", "join", "list",
+];
+const OUTBOUND_KEYS: &[&str] = &[
+    "description",
+    "events",
+    "format",
+    "message",
+    "segments",
+    "body",
+    "examples",
+];
+/// The outbound datatypes file, beside the outbound mapping files.
+const OUTBOUND_DATATYPES: &str = "outbound/datatypes.yaml";
+/// The envelope names outbound paths may start with (see `mappings/README.md`, "Outbound mappings").
+pub(crate) const RESERVED_ROOTS: &[&str] = &["$event", "$delivery"];
+/// MSH fields Ferry writes itself when the file does not: MSH-7 (recorded time), MSH-9 (`message:`),
+/// MSH-10 (the delivery id), MSH-11 (`P`), MSH-12 (`message.version`).
+pub(crate) const MSH_FILLED: &[usize] = &[7, 9, 10, 11, 12];
 const INBOUND_KEYS: &[&str] = &[
     "description",
     "messages",
@@ -89,6 +112,12 @@ struct Loader<'d> {
     datatypes_broken: bool,
     /// The file being loaded is a FHIR one: paths are JSON element paths.
     fhir: bool,
+    /// The file being loaded is an outbound one (also JSON paths, over the stored event): `$event`,
+    /// `list:` and `reverse:` are allowed, and datatype and rule names are those of
+    /// `outbound/datatypes.yaml`, kept apart in `other_datatype_ids`/`other_rule_ids` meanwhile.
+    outbound: bool,
+    other_datatype_ids: HashMap<String, usize>,
+    other_rule_ids: HashMap<String, usize>,
 }
 
 /// Loads and checks a mapping directory.
@@ -97,6 +126,9 @@ pub(crate) fn load(dir: &FsPath, example_files: bool) -> Result<Loaded, Vec<Prob
         example_files,
         datatypes_broken: false,
         fhir: false,
+        outbound: false,
+        other_datatype_ids: HashMap::new(),
+        other_rule_ids: HashMap::new(),
         dir,
         problems: Vec::new(),
         ast: Ast::default(),
@@ -127,6 +159,22 @@ pub(crate) fn load(dir: &FsPath, example_files: bool) -> Result<Loaded, Vec<Prob
             l.inbound(&rel);
         }
     }
+    // Outbound files read stored events (JSON, so FHIR-style paths) and name their own datatypes: an
+    // outbound CX builds components from an identifier, the inverse of the inbound CX, under the same name.
+    l.outbound = true;
+    std::mem::swap(&mut l.datatype_ids, &mut l.other_datatype_ids);
+    std::mem::swap(&mut l.rule_ids, &mut l.other_rule_ids);
+    let broken = std::mem::take(&mut l.datatypes_broken);
+    l.datatypes(FsPath::new(OUTBOUND_DATATYPES));
+    for rel in l.list("outbound") {
+        if rel != FsPath::new(OUTBOUND_DATATYPES) {
+            l.outbound_file(&rel);
+        }
+    }
+    std::mem::swap(&mut l.datatype_ids, &mut l.other_datatype_ids);
+    std::mem::swap(&mut l.rule_ids, &mut l.other_rule_ids);
+    l.datatypes_broken = broken;
+    l.outbound = false;
     l.fhir = false;
     l.check_cycles();
     l.check_targets();
@@ -355,6 +403,7 @@ impl Loader<'_> {
                 name,
                 map: HashMap::new(),
                 default: None,
+                reverse: HashMap::new(),
             });
             return;
         };
@@ -362,24 +411,55 @@ impl Loader<'_> {
             name: name.clone(),
             map: HashMap::new(),
             default: None,
+            reverse: HashMap::new(),
         };
         let mut has_map = false;
-        for (key, value) in self.entries(file, &node, &["description", "map", "default"], "a table")
-        {
+        let mut explicit = Vec::new();
+        for (key, value) in self.entries(
+            file,
+            &node,
+            &["description", "map", "default", "reverse"],
+            "a table",
+        ) {
             match key {
                 "description" => {
                     self.string(file, value, "description");
                 }
                 "default" => table.default = self.string(file, value, "default"),
+                "reverse" => {
+                    for (v, code) in self.entries(file, value, &[], "reverse") {
+                        if let Some(c) = self.string(file, code, "a code") {
+                            explicit.push((v.to_string(), c, code.pos));
+                        }
+                    }
+                }
                 _ => {
                     has_map = true;
                     for (code, target) in self.entries(file, value, &[], "map") {
                         if let Some(t) = self.string(file, target, "a table value") {
+                            // The first code in file order wins the reverse lookup: the file's
+                            // order is the analyst's preference (`F: female` before `FEMALE: female`).
+                            table
+                                .reverse
+                                .entry(t.clone())
+                                .or_insert_with(|| code.to_string());
                             table.map.insert(code.to_string(), t);
                         }
                     }
                 }
             }
+        }
+        for (value, code, pos) in explicit {
+            if table.map.get(&code) != Some(&value) {
+                self.problem(
+                    file,
+                    pos,
+                    format!(
+                        "reverse: {value} → {code:?}, but `map:` does not map {code:?} to {value:?}: a reverse entry must be one of the table's own pairs"
+                    ),
+                );
+            }
+            table.reverse.insert(value, code);
         }
         if !has_map {
             self.problem(
@@ -484,7 +564,28 @@ impl Loader<'_> {
                     );
                     None
                 }
-                Ok(p) => Some(PathRef::Json(p)),
+                Ok(p) => {
+                    let root = p.steps.first().map(|s| s.name.as_str()).unwrap_or("");
+                    if root.starts_with('$') {
+                        let problem = if !self.outbound {
+                            Some(format!(
+                                "{root} is a name of outbound files (the event envelope); FHIR mappings read the resource"
+                            ))
+                        } else if !RESERVED_ROOTS.contains(&root) {
+                            Some(format!(
+                                "unknown name {root}; outbound paths start with an event field (patient.names[*]) or one of {}",
+                                RESERVED_ROOTS.join(", ")
+                            ))
+                        } else {
+                            None
+                        };
+                        if let Some(message) = problem {
+                            self.problem(file, start, message);
+                            return None;
+                        }
+                    }
+                    Some(PathRef::Json(p))
+                }
                 Err((at, message)) => {
                     let hint = if text.contains('-') && text.len() <= 12 {
                         "; FHIR mappings read FHIR elements (e.g. identifier[*].value), not HL7 fields"
@@ -908,6 +1009,28 @@ impl Loader<'_> {
                 desc = format!("join with {separator:?}");
                 Source::Join { parts, separator }
             }
+            Some("list") => {
+                let v = get("list")?;
+                if !self.outbound {
+                    self.problem(
+                        file,
+                        v.pos,
+                        "`list` builds output lists in outbound files; inbound lists come from `each`",
+                    );
+                    return None;
+                }
+                let Kind::Seq(items) = &v.kind else {
+                    self.problem(
+                        file,
+                        v.pos,
+                        "`list` takes a list of rules: list: [{ fields: … }]",
+                    );
+                    return None;
+                };
+                let rules = self.rule_list(file, items, scoped)?;
+                desc = "list".to_string();
+                Source::List(rules)
+            }
             Some("const") => {
                 let v = get("const")?;
                 let value = scalar_json(v);
@@ -1053,8 +1176,31 @@ impl Loader<'_> {
                     None => self.problem(file, v.pos, "`required` takes true or false"),
                 },
                 "when" => rule.when = self.conditions(file, v, scoped),
+                "reverse" => match v.as_bool() {
+                    Some(_) if !self.outbound => {
+                        self.problem(
+                            file,
+                            v.pos,
+                            "`reverse` reads a table value → code, for outbound files; inbound rules read code → value",
+                        );
+                    }
+                    Some(b) => {
+                        rule.reverse = b;
+                        if b {
+                            rule.desc.push_str(" reverse");
+                        }
+                    }
+                    None => self.problem(file, v.pos, "`reverse` takes true or false"),
+                },
                 _ => {}
             }
+        }
+        if rule.reverse && rule.table.is_none() {
+            self.problem(
+                file,
+                rule.pos,
+                "`reverse: true` reads a table backwards (value → code): add `table:`",
+            );
         }
         if rule.required && rule.default.is_some() {
             self.problem(
@@ -1656,6 +1802,8 @@ impl Loader<'_> {
             Source::Path(_) | Source::Pick { .. } => {
                 self.check_item(event, path, shape, rule, visiting)
             }
+            // Only outbound files may build lists, and they are not checked against an event.
+            Source::List(_) => mismatch(self, "a list"),
         }
     }
 
@@ -1734,6 +1882,437 @@ impl Loader<'_> {
     }
 }
 
+// ---- outbound files ---------------------------------------------------------------------------------------
+
+impl Loader<'_> {
+    /// `outbound/<name>.yaml`: which events, which format, and the segments (HL7 v2) or body (JSON).
+    fn outbound_file(&mut self, rel: &FsPath) {
+        let Some((file, node)) = self.read(rel, true) else {
+            return;
+        };
+        let mut m = Outbound {
+            name: format!("outbound/{}", stem(rel)),
+            file,
+            events: Vec::new(),
+            format: OutboundFormat::Hl7v2,
+            message_type: Vec::new(),
+            version: String::new(),
+            segments: Vec::new(),
+            body: Vec::new(),
+            examples: Vec::new(),
+        };
+        let entries = self.entries(file, &node, OUTBOUND_KEYS, "an outbound mapping");
+        let has = |k: &str| entries.iter().any(|(key, _)| *key == k);
+        for required in ["events", "format"] {
+            if !has(required) {
+                self.problem(file, node.pos, format!("`{required}` is missing"));
+            }
+        }
+        if let Some((_, v)) = entries.iter().find(|(k, _)| *k == "format") {
+            match v.as_str() {
+                Some("hl7v2") => m.format = OutboundFormat::Hl7v2,
+                Some("json") => m.format = OutboundFormat::Json,
+                _ => self.problem(
+                    file,
+                    v.pos,
+                    format!("`format` is hl7v2 or json, found {}", v.describe()),
+                ),
+            }
+        }
+        let (needed, wrong): (&[&str], &[&str]) = match m.format {
+            OutboundFormat::Hl7v2 => (&["message", "segments"], &["body"]),
+            OutboundFormat::Json => (&["body"], &["message", "segments"]),
+        };
+        for k in needed {
+            if !has(k) {
+                self.problem(
+                    file,
+                    node.pos,
+                    format!("`{k}` is missing (format {})", m.format.as_str()),
+                );
+            }
+        }
+        for (key, v) in &entries {
+            if wrong.contains(key) {
+                self.problem(
+                    file,
+                    v.pos,
+                    format!("`{key}` does not apply to format {}", m.format.as_str()),
+                );
+                continue;
+            }
+            match *key {
+                "description" | "format" => {
+                    self.string(file, v, key);
+                }
+                "events" => {
+                    let items: Vec<&Node> = match &v.kind {
+                        Kind::Seq(items) => items.iter().collect(),
+                        _ => vec![v],
+                    };
+                    for item in items {
+                        let Some(name) = self.string(file, item, "an event") else {
+                            continue;
+                        };
+                        match domain::event_spec(&name) {
+                            Some(spec) => m.events.push(spec.name.to_string()),
+                            None => {
+                                let names: Vec<&str> =
+                                    domain::catalogue().iter().map(|s| s.name).collect();
+                                self.problem(
+                                    file,
+                                    item.pos,
+                                    format!("unknown event {name:?}; events: {}", names.join(", ")),
+                                );
+                            }
+                        }
+                    }
+                }
+                "message" => {
+                    for (k, a) in self.entries(file, v, &["type", "version"], "`message`") {
+                        let Some(text) = self.string(file, a, k) else {
+                            continue;
+                        };
+                        if k == "version" {
+                            m.version = text;
+                            continue;
+                        }
+                        let parts: Vec<String> = text.split('^').map(str::to_string).collect();
+                        let ok = parts.len() >= 2
+                            && parts.len() <= 3
+                            && parts.iter().all(|p| {
+                                !p.is_empty()
+                                    && p.bytes().all(|b| {
+                                        b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'
+                                    })
+                            });
+                        if ok {
+                            m.message_type = parts;
+                        } else {
+                            self.problem(
+                                file,
+                                a.pos,
+                                format!("message type {text:?} must be MSH-9 as written, e.g. ORM^O01^ORM_O01"),
+                            );
+                        }
+                    }
+                    if m.message_type.is_empty() || m.version.is_empty() {
+                        self.problem(
+                            file,
+                            v.pos,
+                            "`message` needs `type` (MSH-9, e.g. ORM^O01^ORM_O01) and `version` (MSH-12, e.g. \"2.5.1\")",
+                        );
+                    }
+                }
+                "segments" => m.segments = self.segments(file, v),
+                "body" => m.body = self.fields(file, v, false),
+                _ => m.examples = self.outbound_examples(file, rel, v, m.format),
+            }
+        }
+        self.ast.outbound.push(m);
+    }
+
+    /// `segments:`: a list of `- SEG: { "3": rule, when: …, each: … }`, MSH (if given) first.
+    fn segments(&mut self, file: usize, node: &Node) -> Vec<SegmentRule> {
+        let Kind::Seq(items) = &node.kind else {
+            self.problem(
+                file,
+                node.pos,
+                "`segments` is a list, one `- SEG: { field number: rule }` a segment",
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.iter().enumerate() {
+            let Kind::Map(entries) = &item.kind else {
+                self.problem(file, item.pos, "a segment is `- PID: { \"3\": rule, … }`");
+                continue;
+            };
+            let [(k, body)] = entries.as_slice() else {
+                self.problem(
+                    file,
+                    item.pos,
+                    "a segment entry has exactly one key, the segment ID (`- PID: {…}`); put `when:`/`each:` inside it",
+                );
+                continue;
+            };
+            let id = k.as_str().unwrap_or("").to_string();
+            let id_ok = id.len() == 3
+                && id.bytes().next().is_some_and(|b| b.is_ascii_uppercase())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+            if !id_ok {
+                self.problem(
+                    file,
+                    k.pos,
+                    format!("{id:?} is not a segment ID (three capitals or digits, e.g. PID)"),
+                );
+                continue;
+            }
+            if id == "MSH" && i > 0 {
+                self.problem(file, k.pos, "MSH must be the first segment");
+            }
+            let Kind::Map(fields) = &body.kind else {
+                self.problem(
+                    file,
+                    body.pos,
+                    format!(
+                        "{id} is a map of field number → rule, found {}",
+                        body.describe()
+                    ),
+                );
+                continue;
+            };
+            let mut seg = SegmentRule {
+                id: id.clone(),
+                each: None,
+                when: Vec::new(),
+                fields: Vec::new(),
+            };
+            // `each` first: it decides whether the fields may use relative paths.
+            if let Some((_, e)) = fields.iter().find(|(k, _)| k.as_str() == Some("each")) {
+                seg.each = self.path(file, e, false);
+                if let Some(p) = &seg.each
+                    && !p.selects_many()
+                {
+                    self.problem(
+                        file,
+                        e.text_start(),
+                        format!(
+                            "`each: {p}` selects one value; add [*], e.g. patient.identifiers[*]"
+                        ),
+                    );
+                }
+            }
+            let scoped = seg.each.is_some();
+            let mut seen = HashSet::new();
+            for (fk, rule) in fields {
+                let Some(name) = fk.as_str() else {
+                    self.problem(file, fk.pos, "a field number must be text");
+                    continue;
+                };
+                if !seen.insert(name) {
+                    self.problem(file, fk.pos, format!("{id}-{name} is given twice"));
+                    continue;
+                }
+                match name {
+                    "each" | "use" => continue,
+                    "when" => {
+                        seg.when = self.conditions(file, rule, scoped);
+                        continue;
+                    }
+                    _ => {}
+                }
+                let n = name.parse::<usize>().ok().filter(|n| (1..=999).contains(n));
+                let Some(n) = n else {
+                    self.problem(
+                        file,
+                        fk.pos,
+                        format!(
+                            "unknown key `{name}` in segment {id}; allowed keys: field numbers (\"3\"), use, when, each"
+                        ),
+                    );
+                    continue;
+                };
+                if id == "MSH" && n <= 2 {
+                    self.problem(
+                        file,
+                        fk.pos,
+                        "MSH-1 and MSH-2 are the delimiters, written by Ferry (|^~\\&)",
+                    );
+                    continue;
+                }
+                if let Some(r) = self.rule(file, rule, scoped) {
+                    seg.fields.push(FieldRule {
+                        name: n.to_string(),
+                        pos: fk.pos,
+                        rule: r,
+                    });
+                }
+            }
+            if let Some((_, u)) = fields.iter().find(|(k, _)| k.as_str() == Some("use")) {
+                self.segment_base(file, u, &mut seg);
+            }
+            out.push(seg);
+        }
+        out
+    }
+
+    /// `use: pid` in a segment: the fields of a named rule of `outbound/datatypes.yaml` (a `fields:` rule
+    /// keyed by field numbers), under the ones the segment writes itself, which replace theirs. Flattened
+    /// here, so that `explain` shows each field once, from the rule that wrote it.
+    fn segment_base(&mut self, file: usize, node: &Node, seg: &mut SegmentRule) {
+        let Some(name) = self.string(file, node, "`use`") else {
+            return;
+        };
+        let Some(&id) = self.rule_ids.get(&name) else {
+            if !self.datatypes_broken {
+                self.problem(
+                    file,
+                    node.pos,
+                    format!(
+                        "unknown rule {name:?}; named rules ({OUTBOUND_DATATYPES} `rules:`): {}",
+                        known_names(&self.rule_ids)
+                    ),
+                );
+            }
+            return;
+        };
+        let base = self.ast.rules[id].rule.clone();
+        let Source::Fields(base_fields) = base.source else {
+            self.problem(
+                file,
+                node.pos,
+                format!("a segment's `use` takes a rule of field numbers (`{name}: {{ fields: {{ \"3\": … }} }}`)"),
+            );
+            return;
+        };
+        for f in &base_fields {
+            if f.name.parse::<usize>().is_err() {
+                self.problem(
+                    file,
+                    node.pos,
+                    format!(
+                        "rule {name:?} has field `{}`, which is not a field number",
+                        f.name
+                    ),
+                );
+                return;
+            }
+        }
+        let mut merged: Vec<FieldRule> = base_fields
+            .into_iter()
+            .filter(|b| !seg.fields.iter().any(|f| f.name == b.name))
+            .collect();
+        merged.append(&mut seg.fields);
+        merged.sort_by_key(|f| f.name.parse::<usize>().unwrap_or(0));
+        seg.fields = merged;
+        seg.when.extend(base.when);
+    }
+
+    fn outbound_examples(
+        &mut self,
+        file: usize,
+        rel: &FsPath,
+        node: &Node,
+        format: OutboundFormat,
+    ) -> Vec<OutboundExample> {
+        let Kind::Seq(items) = &node.kind else {
+            self.problem(
+                file,
+                node.pos,
+                "`examples` is a list of {input, expect} (input: an event JSON file)",
+            );
+            return Vec::new();
+        };
+        let base = self
+            .dir
+            .join(rel)
+            .parent()
+            .map(FsPath::to_path_buf)
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        for item in items {
+            let entries = self.entries(
+                file,
+                item,
+                &["input", "index", "delivery_id", "recorded_at", "expect"],
+                "an example",
+            );
+            let mut ex = OutboundExample {
+                line: item.pos.line,
+                input: PathBuf::new(),
+                index: 0,
+                delivery_id: "1".to_string(),
+                recorded_at: "2026-11-03T15:30:00+01:00".to_string(),
+                expect: PathBuf::new(),
+            };
+            let mut ok = true;
+            for (key, v) in &entries {
+                let Some(text) = self.string(file, v, key) else {
+                    ok = false;
+                    continue;
+                };
+                match *key {
+                    "input" | "expect" => {
+                        let full = base.join(&text);
+                        if self.example_files && !full.is_file() {
+                            self.problem(
+                                file,
+                                v.pos,
+                                format!(
+                                    "example {key} {text:?} not found (looked for {})",
+                                    full.display()
+                                ),
+                            );
+                            ok = false;
+                        }
+                        if *key == "input" {
+                            ex.input = full;
+                        } else {
+                            let want = match format {
+                                OutboundFormat::Hl7v2 => "hl7",
+                                OutboundFormat::Json => "json",
+                            };
+                            if full.extension().and_then(|e| e.to_str()) != Some(want) {
+                                self.problem(
+                                    file,
+                                    v.pos,
+                                    format!(
+                                        "the expected output of a {} mapping is a .{want} file",
+                                        format.as_str()
+                                    ),
+                                );
+                                ok = false;
+                            }
+                            ex.expect = full;
+                        }
+                    }
+                    "index" => match text.parse() {
+                        Ok(n) => ex.index = n,
+                        Err(_) => {
+                            self.problem(
+                                file,
+                                v.pos,
+                                "`index` is the 0-based position of the event in the input array",
+                            );
+                            ok = false;
+                        }
+                    },
+                    "delivery_id" => ex.delivery_id = text,
+                    _ => {
+                        if time::OffsetDateTime::parse(
+                            &text,
+                            &time::format_description::well_known::Rfc3339,
+                        )
+                        .is_err()
+                        {
+                            self.problem(
+                                file,
+                                v.pos,
+                                "`recorded_at` is an RFC 3339 time with offset, e.g. 2026-11-03T15:30:00+01:00",
+                            );
+                            ok = false;
+                        }
+                        ex.recorded_at = text;
+                    }
+                }
+            }
+            for required in ["input", "expect"] {
+                if !entries.iter().any(|(k, _)| *k == required) {
+                    self.problem(file, item.pos, format!("an example needs `{required}:`"));
+                    ok = false;
+                }
+            }
+            if ok {
+                out.push(ex);
+            }
+        }
+        out
+    }
+}
+
 fn describe_matches(m: &[Match]) -> String {
     m.iter()
         .map(|(k, v)| format!("{k} in [{}]", v.join(", ")))
@@ -1763,6 +2342,7 @@ fn refs(rule: &Rule, n_dt: usize, out: &mut Vec<usize>) {
             rs.iter().for_each(|r| refs(r, n_dt, out))
         }
         Source::Fields(fs) => fs.iter().for_each(|f| refs(&f.rule, n_dt, out)),
+        Source::List(rs) => rs.iter().for_each(|r| refs(r, n_dt, out)),
         _ => {}
     }
 }
@@ -1775,6 +2355,7 @@ fn placeholder_rule(file: usize, pos: Pos) -> Rule {
         build: None,
         transforms: Vec::new(),
         table: None,
+        reverse: false,
         default: None,
         required: false,
         when: Vec::new(),

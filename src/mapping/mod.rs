@@ -13,6 +13,7 @@
 //! | `ast.rs` | the checked rules |
 //! | `eval.rs` | rules × parsed message → event payloads, errors with HL7 locations, explanations |
 //! | `transform.rs` | the named transforms (trim, upper, lower, date, datetime, boolean) |
+//! | `outbound.rs` | stored event → HL7 v2 message or JSON through `outbound/` files (rules read the event) |
 //! | `examples.rs` | running the `examples:` of every mapping file |
 //! | `schema.rs` | a JSON Schema of the files, for editors |
 //!
@@ -25,6 +26,7 @@ mod doc_json;
 mod eval;
 mod examples;
 mod load;
+mod outbound;
 mod schema;
 mod transform;
 mod yaml;
@@ -36,8 +38,12 @@ use crate::domain::StreamKind;
 use crate::hl7::ack::ErrorCode;
 use crate::hl7::{Location, Message};
 
-pub use ast::{FhirInteraction, WRITABLE_RESOURCES};
-pub use examples::{Example, ExampleOutcome, Expectation, events_json};
+pub use ast::{FhirInteraction, OutboundFormat, WRITABLE_RESOURCES};
+pub use examples::{
+    EventFile, Example, ExampleOutcome, Expectation, OutboundCase, events_json, read_event,
+    rendered_text,
+};
+pub use outbound::{OutboundError, OutboundInput, Rendered};
 pub use schema::json_schema;
 pub use transform::Transform;
 
@@ -70,6 +76,8 @@ pub struct MappingSet {
     by_message: HashMap<(String, String), Vec<usize>>,
     /// (resource type, interaction) → FHIR mapping files, in file-name order.
     by_resource: HashMap<(String, FhirInteraction), Vec<usize>>,
+    /// `outbound/<name>` → outbound file.
+    outbound_by_name: HashMap<String, usize>,
 }
 
 /// What a message maps to.
@@ -212,6 +220,13 @@ impl MappingSet {
                 }
             }
         }
+        let outbound_by_name = loaded
+            .ast
+            .outbound
+            .iter()
+            .enumerate()
+            .map(|(i, o)| (o.name.clone(), i))
+            .collect();
         let tz = loaded
             .ast
             .default_timezone
@@ -224,6 +239,7 @@ impl MappingSet {
             tz,
             by_message,
             by_resource,
+            outbound_by_name,
         })
     }
 
@@ -237,10 +253,11 @@ impl MappingSet {
             tz: jiff::tz::TimeZone::UTC,
             by_message: HashMap::new(),
             by_resource: HashMap::new(),
+            outbound_by_name: HashMap::new(),
         }
     }
 
-    /// Content hash of the loaded files (settings, datatypes, tables, inbound; sorted by relative path; example
+    /// Content hash of the loaded files (settings, datatypes, tables, inbound, fhir, outbound; sorted by relative path; example
     /// files excluded, since they do not change what a message maps to): 16 hex characters.
     pub fn version(&self) -> &str {
         &self.version

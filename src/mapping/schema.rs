@@ -17,10 +17,10 @@ pub fn json_schema() -> Value {
     let events: Vec<&str> = domain::catalogue().iter().map(|s| s.name).collect();
     let path = json!({
         "type": "string",
-        "description": "A path. HL7 files: PID.3[*].4.1 (segment[occurrence].field[repetition].component.subcomponent, 1-based; [*] = every one). FHIR files (fhir/): identifier[*].value (element[index], 0-based; [*] = every item). Inside `as:` datatypes and the `fields:` of each/pick/path, relative paths start with a dot: .4.1 or .system, or . for the value itself.",
+        "description": "A path. HL7 files: PID.3[*].4.1 (segment[occurrence].field[repetition].component.subcomponent, 1-based; [*] = every one). FHIR files (fhir/): identifier[*].value (element[index], 0-based; [*] = every item); outbound files read the event the same way (patient.identifiers[*], $event.type). Inside `as:` datatypes and the `fields:` of each/pick/path, relative paths start with a dot: .4.1 or .system, or . for the value itself.",
         "anyOf": [
             {"pattern": "^([A-Z][A-Z0-9]{2}(\\[([0-9]+|\\*)\\])?)?(\\.([0-9]+(\\[([0-9]+|\\*)\\])?(\\.[0-9]+){0,2})?)?$"},
-            {"pattern": "^(\\.|\\.?[A-Za-z][A-Za-z0-9_]*(\\[([0-9]+|\\*)\\])?(\\.[A-Za-z][A-Za-z0-9_]*(\\[([0-9]+|\\*)\\])?)*)$"}
+            {"pattern": "^(\\.|\\.?\\$?[A-Za-z][A-Za-z0-9_]*(\\[([0-9]+|\\*)\\])?(\\.[A-Za-z][A-Za-z0-9_]*(\\[([0-9]+|\\*)\\])?)*)$"}
         ]
     });
     let scalar = json!({"type": ["string", "boolean", "number"]});
@@ -53,10 +53,12 @@ pub fn json_schema() -> Value {
                     "const": {"type": ["string", "boolean"], "description": "a constant"},
                     "use": {"type": "string", "description": "a named rule of datatypes.yaml `rules:`"},
                     "join": {"type": "array", "items": {"$ref": "#/$defs/rule"}, "description": "the values of these rules joined by `separator` (default one space)"},
+                    "list": {"type": "array", "items": {"$ref": "#/$defs/rule"}, "description": "outbound files: a list of these rules' values (absent ones left out)"},
                     "separator": {"type": "string"},
                     "fields": {"type": "object", "description": "an object: output field → rule", "additionalProperties": {"$ref": "#/$defs/rule"}},
                     "as": {"type": "string", "description": "apply a datatype of datatypes.yaml to the selected value (CX, XPN, …)"},
                     "table": {"type": "string", "description": "look the value up in tables/<name>.yaml"},
+                    "reverse": {"type": "boolean", "description": "outbound files: read the table value → code (the table's `reverse:`, else the first code in the file)"},
                     "default": {"type": ["string", "boolean"], "description": "when there is no value, or the table has no entry for it"},
                     "transform": {"description": "named transforms, applied in order", "anyOf": [{"enum": Transform::NAMES}, {"type": "array", "items": {"enum": Transform::NAMES}}]},
                     "required": {"type": "boolean", "description": "missing → AE 101 at the source path"},
@@ -152,7 +154,66 @@ pub fn json_schema() -> Value {
         "properties": {
             "description": {"type": "string"},
             "map": {"type": "object", "additionalProperties": scalar},
-            "default": {"type": "string"}
+            "default": {"type": "string"},
+            "reverse": {"type": "object", "description": "for outbound rules with `reverse: true`: value → code where the first code in `map` is not the one to send", "additionalProperties": {"type": "string"}}
+        }
+    });
+    let segment_body = json!({
+        "type": "object",
+        "description": "field number → rule; `use` a rule of field numbers from outbound/datatypes.yaml (fields given here replace its ones), `when` conditions, `each` one segment per item",
+        "properties": {
+            "use": {"type": "string"},
+            "when": {"anyOf": [{"$ref": "#/$defs/condition"}, {"type": "array", "items": {"$ref": "#/$defs/condition"}}]},
+            "each": {"$ref": "#/$defs/path"}
+        },
+        "patternProperties": {"^[0-9]+$": {"$ref": "#/$defs/rule"}},
+        "additionalProperties": false
+    });
+    let outbound = json!({
+        "title": "Ferry outbound mapping (mappings/outbound/*.yaml)",
+        "type": "object",
+        "additionalProperties": false,
+        "required": ["events", "format"],
+        "properties": {
+            "description": {"type": "string"},
+            "events": {"description": "the event types this file renders", "anyOf": [{"enum": events}, {"type": "array", "items": {"enum": events}}]},
+            "format": {"enum": ["hl7v2", "json"]},
+            "message": {
+                "type": "object",
+                "additionalProperties": false,
+                "required": ["type", "version"],
+                "properties": {
+                    "type": {"type": "string", "description": "MSH-9, e.g. ORM^O01^ORM_O01", "pattern": "^[A-Z0-9_]+\\^[A-Z0-9_]+(\\^[A-Z0-9_]+)?$"},
+                    "version": {"type": "string", "description": "MSH-12, e.g. \"2.5.1\""}
+                }
+            },
+            "segments": {
+                "type": "array",
+                "description": "the message's segments in order, MSH (if given) first",
+                "items": {
+                    "type": "object",
+                    "minProperties": 1,
+                    "maxProperties": 1,
+                    "patternProperties": {"^[A-Z][A-Z0-9]{2}$": segment_body},
+                    "additionalProperties": false
+                }
+            },
+            "body": {"type": "object", "description": "format json: the document's fields", "additionalProperties": {"$ref": "#/$defs/rule"}},
+            "examples": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "additionalProperties": false,
+                    "required": ["input", "expect"],
+                    "properties": {
+                        "input": {"type": "string", "description": "an event JSON file ({event, stream, payload} or an array of them), relative to this file"},
+                        "index": {"type": ["integer", "string"], "description": "which event of an array (0-based)"},
+                        "delivery_id": {"type": "string", "description": "MSH-10 / $delivery.id"},
+                        "recorded_at": {"type": "string", "description": "the event's recorded time, RFC 3339"},
+                        "expect": {"type": "string", "description": "the expected .hl7 (segments one a line) or .json file"}
+                    }
+                }
+            }
         }
     });
     let settings = json!({
@@ -169,6 +230,7 @@ pub fn json_schema() -> Value {
         "anyOf": [
             {"$ref": "#/$defs/inbound"},
             {"$ref": "#/$defs/fhir"},
+            {"$ref": "#/$defs/outbound"},
             {"$ref": "#/$defs/datatypes"},
             {"$ref": "#/$defs/table"},
             {"$ref": "#/$defs/settings"}
@@ -179,6 +241,7 @@ pub fn json_schema() -> Value {
             "rule": rule,
             "inbound": inbound,
             "fhir": fhir,
+            "outbound": outbound,
             "datatypes": datatypes,
             "table": table,
             "settings": settings

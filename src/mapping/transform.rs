@@ -36,6 +36,12 @@ pub enum Transform {
     /// systems: `urn:oid:1.2.3` → `1.2.3`, `urn:ferry:authority:HOSP` → `HOSP`, any other URI as it
     /// is. So an identifier a client writes keys the same stream as the same identifier in PID-3.
     Authority,
+    /// FHIR `date` (or the date of a `dateTime`) → HL7 DT, precision kept: `1984-03-12` → `19840312`,
+    /// `1978-05` → `197805`. For outbound files.
+    Hl7Date,
+    /// FHIR `dateTime` → HL7 DTM, precision and offset kept: `2026-11-03T15:30:00+01:00` →
+    /// `20261103153000+0100`, `Z` → `+0000`, a fraction cut to HL7's 4 digits. For outbound files.
+    Hl7DateTime,
 }
 
 /// What a transform produced: text, or a boolean (only from `boolean`). The text stays borrowed from the
@@ -57,6 +63,8 @@ impl Transform {
         "datetime",
         "boolean",
         "authority",
+        "hl7_date",
+        "hl7_datetime",
     ];
 
     /// The transform a mapping file names; `None` for a name not in the closed list.
@@ -69,6 +77,8 @@ impl Transform {
             "datetime" => Transform::DateTime,
             "boolean" => Transform::Boolean,
             "authority" => Transform::Authority,
+            "hl7_date" => Transform::Hl7Date,
+            "hl7_datetime" => Transform::Hl7DateTime,
             _ => return None,
         })
     }
@@ -83,6 +93,8 @@ impl Transform {
             Transform::DateTime => "datetime",
             Transform::Boolean => "boolean",
             Transform::Authority => "authority",
+            Transform::Hl7Date => "hl7_date",
+            Transform::Hl7DateTime => "hl7_datetime",
         }
     }
 
@@ -108,6 +120,8 @@ impl Transform {
             Transform::Authority => Out::Str(authority(text)),
             Transform::Date => Out::Str(Cow::Owned(fhir_date(&text)?)),
             Transform::DateTime => Out::Str(Cow::Owned(fhir_datetime(&text, tz)?)),
+            Transform::Hl7Date => Out::Str(Cow::Owned(hl7_date(&text)?)),
+            Transform::Hl7DateTime => Out::Str(Cow::Owned(hl7_datetime(&text)?)),
             Transform::Boolean => match text.trim() {
                 // Y/N as HL7 writes it (table 0136), true/false as FHIR's JSON does.
                 "Y" | "y" | "true" => Out::Bool(true),
@@ -134,6 +148,86 @@ fn recase<'t>(
     } else {
         Out::Str(Cow::Owned(convert(&text)))
     }
+}
+
+/// FHIR `date`/`dateTime` → HL7 DT: the date digits only.
+pub(crate) fn hl7_date(text: &str) -> Result<String, String> {
+    let full = hl7_datetime(text)?;
+    Ok(full
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .take(8)
+        .collect())
+}
+
+/// FHIR `date`/`dateTime` → HL7 DTM, keeping the precision given: `YYYY[-MM[-DD[Thh:mm[:ss[.f]]]]][Z|±hh:mm]`
+/// → `YYYY[MM[DD[hhmm[ss[.ffff]]]]][±hhmm]`.
+pub(crate) fn hl7_datetime(text: &str) -> Result<String, String> {
+    let bad =
+        || format!("{text:?} is not a FHIR date or dateTime (e.g. 2026-11-03T15:30:00+01:00)");
+    let (date, time) = match text.split_once('T') {
+        Some((d, t)) => (d, Some(t)),
+        None => (text, None),
+    };
+    let parts: Vec<&str> = date.split('-').collect();
+    let widths = [4, 2, 2];
+    if parts.len() > 3
+        || parts
+            .iter()
+            .zip(widths)
+            .any(|(p, w)| p.len() != w || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(bad());
+    }
+    let mut out: String = parts.concat();
+    let Some(time) = time else {
+        return Ok(out);
+    };
+    if parts.len() != 3 {
+        return Err(bad());
+    }
+    // The offset starts at Z, + or - (the time itself has none of them).
+    let (clock, offset) = match time.find(['Z', '+', '-']) {
+        Some(i) => (&time[..i], Some(&time[i..])),
+        None => (time, None),
+    };
+    let (hms, fraction) = match clock.split_once('.') {
+        Some((c, f)) => (c, Some(f)),
+        None => (clock, None),
+    };
+    let hms: Vec<&str> = hms.split(':').collect();
+    if !(2..=3).contains(&hms.len())
+        || hms
+            .iter()
+            .any(|p| p.len() != 2 || !p.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(bad());
+    }
+    out.push_str(&hms.concat());
+    if let Some(f) = fraction {
+        if hms.len() != 3 || f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        out.push('.');
+        out.push_str(&f[..f.len().min(4)]);
+    }
+    match offset {
+        None => {}
+        Some("Z") => out.push_str("+0000"),
+        Some(o) => {
+            let (h, m) = o[1..].split_once(':').ok_or_else(bad)?;
+            if h.len() != 2
+                || m.len() != 2
+                || !(h.bytes().chain(m.bytes())).all(|b| b.is_ascii_digit())
+            {
+                return Err(bad());
+            }
+            out.push_str(&o[..1]);
+            out.push_str(h);
+            out.push_str(m);
+        }
+    }
+    Ok(out)
 }
 
 /// An HL7 DTM split into its parts; `None` parts were not sent.
@@ -317,6 +411,34 @@ pub fn fhir_datetime(text: &str, tz: &TimeZone) -> Result<String, String> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    #[test]
+    fn fhir_times_become_hl7_times_with_their_precision() {
+        let t = |s: &str| super::hl7_datetime(s);
+        assert_eq!(
+            t("2026-11-03T15:30:00+01:00").as_deref(),
+            Ok("20261103153000+0100")
+        );
+        assert_eq!(
+            t("2026-11-03T15:30:00.123456Z").as_deref(),
+            Ok("20261103153000.1234+0000")
+        );
+        assert_eq!(
+            t("2026-11-03T15:30-05:00").as_deref(),
+            Ok("202611031530-0500")
+        );
+        assert_eq!(t("1978-05").as_deref(), Ok("197805"));
+        assert_eq!(t("2026").as_deref(), Ok("2026"));
+        assert!(t("03.11.2026").is_err());
+        assert!(t("2026-11T10:00").is_err());
+        assert!(t("2026-11-03T1530").is_err());
+        assert_eq!(super::hl7_date("1984-03-12").as_deref(), Ok("19840312"));
+        assert_eq!(
+            super::hl7_date("2026-11-03T15:30:00+01:00").as_deref(),
+            Ok("20261103")
+        );
+        assert!(super::hl7_date("x").is_err());
+    }
+
     use super::*;
 
     fn zurich() -> TimeZone {
