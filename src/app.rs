@@ -69,6 +69,31 @@ pub fn load_mappings(settings: &Settings) -> Result<Option<MappingSet>, AppError
         })
 }
 
+/// Every subscription's outbound mapping must exist and handle the events it subscribes to: a
+/// typo would otherwise queue messages that can only be dead-lettered.
+fn check_subscriptions(settings: &Settings, set: &MappingSet) -> Result<(), AppError> {
+    for s in &settings.subscriptions {
+        let Some(handled) = set.outbound_events(&s.mapping) else {
+            let known = set.outbound_names().join(", ");
+            return Err(AppError::Config(format!(
+                "subscription {:?}: no outbound mapping {:?} in {} (known: {known})",
+                s.display_name(),
+                s.mapping,
+                settings.mappings.dir.display()
+            )));
+        };
+        if let Some(missing) = s.events.iter().find(|e| !handled.contains(e)) {
+            return Err(AppError::Config(format!(
+                "subscription {:?}: {} does not handle {missing} (it handles {})",
+                s.display_name(),
+                s.mapping,
+                handled.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A running Ferry.
 pub struct App {
     /// Bound MLLP listeners by name, in configuration order.
@@ -159,6 +184,7 @@ impl App {
         } else {
             None
         };
+        check_subscriptions(settings, &mappings.load())?;
         let subscriptions = Arc::new(crate::delivery::Router::new(
             &settings.destinations,
             &settings.subscriptions,

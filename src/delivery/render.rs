@@ -21,17 +21,34 @@ pub trait Render: Send + Sync {
     fn render(&self, item: &OutboxItem) -> Result<Rendered, String>;
 }
 
-/// The live mapping set as the renderer: each row through the outbound file it names.
+/// The live mapping set as the renderer: each row through the outbound file it names, with the
+/// set active at send time (hot reload applies to queued messages too).
 pub struct MappingRenderer {
     pub mappings: crate::pipeline::Mappings,
 }
 
 impl Render for MappingRenderer {
     fn render(&self, item: &OutboxItem) -> Result<Rendered, String> {
-        let _set = self.mappings.load();
-        Err(format!(
-            "outbound mapping {} is not available in this build",
-            item.mapping
-        ))
+        let set = self.mappings.load();
+        let delivery_id = item.id.to_string();
+        let input = crate::mapping::OutboundInput {
+            tenant: &item.hospital_id,
+            event_type: &item.event.event_type,
+            payload: &item.event.payload,
+            metadata: &item.event.metadata,
+            recorded_at: item.event.recorded_at,
+            stream_id: &item.event.stream_id,
+            stream_version: item.event.stream_version,
+            delivery_id: &delivery_id,
+            destination: &item.destination,
+        };
+        let rendered = set
+            .render_outbound(&item.mapping, &input)
+            .map_err(|e| e.to_string())?;
+        Ok(Rendered {
+            body: rendered.body,
+            content_type: rendered.content_type.to_owned(),
+            control_id: rendered.control_id,
+        })
     }
 }
