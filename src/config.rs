@@ -406,9 +406,9 @@ impl Settings {
                             m.endpoint
                         )));
                     }
-                    if !(m.ack_timeout_secs > 0.0) {
+                    if !seconds_ok(m.ack_timeout_secs) {
                         return Err(ConfigError::Invalid(format!(
-                            "destination {name:?}: ack_timeout_secs must be positive"
+                            "destination {name:?}: ack_timeout_secs must be above 0 and at most 86400"
                         )));
                     }
                     if let Some(tls) = &m.tls
@@ -428,9 +428,9 @@ impl Settings {
                             h.endpoint
                         )));
                     }
-                    if !(h.timeout_secs > 0.0) {
+                    if !seconds_ok(h.timeout_secs) {
                         return Err(ConfigError::Invalid(format!(
-                            "destination {name:?}: timeout_secs must be positive"
+                            "destination {name:?}: timeout_secs must be above 0 and at most 86400"
                         )));
                     }
                 }
@@ -472,6 +472,12 @@ impl Settings {
     pub fn mllp_listeners(&self) -> impl Iterator<Item = &MllpListenerSettings> {
         self.listeners.iter().map(|ListenerSettings::Mllp(m)| m)
     }
+}
+
+/// A timeout in (fractional) seconds that `Duration::from_secs_f64` takes: finite, above zero, at
+/// most a day.
+fn seconds_ok(secs: f64) -> bool {
+    secs.is_finite() && secs > 0.0 && secs <= 86_400.0
 }
 
 #[cfg(test)]

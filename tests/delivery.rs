@@ -505,3 +505,254 @@ async fn orders_to_the_pacs_and_updates_to_the_his(url: String) {
     assert_eq!((patient.as_str(), family.as_str()), ("100010", "Brandt"));
     app.shutdown().await;
 }
+
+const HS256_SECRET: &str = "admin-api-test-secret-0123456789abcdef";
+
+fn token(tenant: &str, scope: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = serde_json::json!({
+        "iss": "https://auth.test", "aud": "https://ferry.test", "sub": "ops",
+        "tenant": tenant, "scope": scope, "iat": now, "exp": now + 300,
+    });
+    let t = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(HS256_SECRET.as_bytes()),
+    )
+    .unwrap();
+    format!("Bearer {t}")
+}
+
+/// The admin API is protected like the FHIR API: a token, a `FerryOutbox` scope, and only the
+/// token's tenant's dead letters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_needs_a_scope_and_stays_in_its_tenant() {
+    let dir = tempfile::tempdir().unwrap();
+    let his = MllpReceiver::start().await;
+    his.answer_always(MllpAnswer::Ack(AckCode::AR));
+    let mut s = settings(&format!("sqlite://{}/ferry.db", dir.path().display()));
+    s.auth = ferry::config::AuthMode::Bearer(ferry::config::AuthSettings {
+        issuer: "https://auth.test".into(),
+        audience: "https://ferry.test".into(),
+        jwks_file: None,
+        jwks_url: None,
+        jwks_refresh_secs: 300,
+        hs256_secret: Some(ferry::config::Secret::new(HS256_SECRET)),
+        tenant_claim: "tenant".into(),
+        leeway_secs: 30,
+    });
+    s.destinations = vec![mllp_destination("his", his.addr())];
+    s.subscriptions = vec![subscription(
+        "his",
+        &["PatientUpdated"],
+        "outbound/his_adt_a08",
+    )];
+    let app = App::start(&s).await.unwrap();
+    send_all(&app, &[a08("T1", 1)]).await;
+    wait_outbox(&app.store, "his", 0, 1).await;
+    let id = app
+        .store
+        .outbox()
+        .dlq_list(&DlqFilter::default())
+        .await
+        .unwrap()[0]
+        .id;
+
+    let get = |auth: Option<String>| {
+        let addr = app.http_addr;
+        async move {
+            let headers: Vec<(&str, &str)> = match &auth {
+                Some(a) => vec![("Authorization", a.as_str())],
+                None => vec![],
+            };
+            common::http(addr, "GET", "/admin/dlq", &headers, b"").await
+        }
+    };
+    assert_eq!(get(None).await.status, 401);
+    assert_eq!(
+        get(Some(token(TENANT, "system/Patient.rs"))).await.status,
+        403
+    );
+    let mine = get(Some(token(TENANT, "system/FerryOutbox.rs"))).await;
+    assert_eq!(mine.status, 200, "{}", mine.body);
+    assert_eq!(mine.json()["dead_letters"].as_array().unwrap().len(), 1);
+    let theirs = get(Some(token("south", "system/FerryOutbox.rs"))).await;
+    assert_eq!(theirs.json()["dead_letters"].as_array().unwrap().len(), 0);
+
+    let retry = |auth: String| {
+        let addr = app.http_addr;
+        async move {
+            common::http(
+                addr,
+                "POST",
+                &format!("/admin/dlq/{id}/retry"),
+                &[("Authorization", auth.as_str())],
+                b"",
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        retry(token(TENANT, "system/FerryOutbox.rs")).await.status,
+        403
+    );
+    assert_eq!(
+        retry(token("south", "system/FerryOutbox.rus")).await.status,
+        404
+    );
+    his.answer_always(MllpAnswer::Ack(AckCode::AA));
+    let ok = retry(token(TENANT, "system/FerryOutbox.u")).await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    wait_outbox(&app.store, "his", 0, 0).await;
+    let status = common::http(
+        app.http_addr,
+        "GET",
+        "/admin/outbox",
+        &[(
+            "Authorization",
+            token(TENANT, "system/FerryOutbox.s").as_str(),
+        )],
+        b"",
+    )
+    .await;
+    assert_eq!(status.status, 200, "{}", status.body);
+    app.shutdown().await;
+}
+
+/// Replay queues stored events again for a destination: a time range, or one stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_sends_stored_events_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let his = MllpReceiver::start().await;
+    let mut s = settings(&format!("sqlite://{}/ferry.db", dir.path().display()));
+    s.destinations = vec![mllp_destination("his", his.addr())];
+    s.subscriptions = vec![subscription(
+        "his",
+        &["PatientUpdated"],
+        "outbound/his_adt_a08",
+    )];
+    let app = App::start(&s).await.unwrap();
+    send_all(&app, &[a08("R1", 1), a08("R2", 1), a08("R1", 2)]).await;
+    wait_outbox(&app.store, "his", 0, 0).await;
+    assert_eq!(his.received_count(), 3);
+
+    let stream = ferry::domain::stream_id(
+        ferry::domain::StreamKind::Patient,
+        TENANT,
+        Some("NORTH"),
+        "R1",
+    );
+    let replay = |body: serde_json::Value| {
+        let addr = app.http_addr;
+        async move {
+            common::http(
+                addr,
+                "POST",
+                "/admin/replay",
+                &[("Content-Type", "application/json")],
+                body.to_string().as_bytes(),
+            )
+            .await
+        }
+    };
+    let r =
+        replay(serde_json::json!({"destination": "his", "stream": stream, "hospital_id": TENANT}))
+            .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["queued"], 2);
+    wait_outbox(&app.store, "his", 0, 0).await;
+    // (A replay repeats old messages, so this is not a lane-order check.)
+    let mut again: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for r in his.received() {
+        let (patient, seq) = patient_and_seq(&r.text());
+        again.entry(patient).or_default().push(seq);
+    }
+    assert_eq!(
+        again["R1"],
+        [seqs(1..=2), seqs(1..=2)].concat(),
+        "R1 again, in order"
+    );
+    assert_eq!(again["R2"], seqs(1..=1));
+
+    // A time range: everything from an hour ago; nothing from the future.
+    let from = (time::OffsetDateTime::now_utc() - Duration::from_secs(3600))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let r = replay(serde_json::json!({"destination": "his", "to": from})).await;
+    assert_eq!(r.json()["queued"], 0);
+    let r = replay(serde_json::json!({"destination": "his", "from": from})).await;
+    assert_eq!(r.json()["queued"], 3);
+    wait_outbox(&app.store, "his", 0, 0).await;
+    assert_eq!(his.received_count(), 8);
+    let unknown = replay(serde_json::json!({"destination": "nowhere"})).await;
+    assert_eq!(unknown.status, 400, "{}", unknown.body);
+    app.shutdown().await;
+}
+
+/// `ferry outbox status` and `ferry dlq …` as an operator runs them, on the store a running Ferry
+/// uses (which picks the changes up at its next poll).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_retries_and_discards_dead_letters() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/ferry.db", dir.path().display());
+    let his = MllpReceiver::start().await;
+    his.answer_always(MllpAnswer::Ack(AckCode::AR));
+    let mut s = settings(&url);
+    s.destinations = vec![mllp_destination("his", his.addr())];
+    s.subscriptions = vec![subscription(
+        "his",
+        &["PatientUpdated"],
+        "outbound/his_adt_a08",
+    )];
+    let app = App::start(&s).await.unwrap();
+    send_all(&app, &[a08("C1", 1), a08("C2", 1)]).await;
+    wait_outbox(&app.store, "his", 0, 2).await;
+
+    let ferry = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .env("FERRY_DATABASE_URL", &url)
+            .env("FERRY_LOG", "warn")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, _) = ferry(&["outbox", "status"]);
+    assert!(ok);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("his") && l.contains(" 2 ")),
+        "{out}"
+    );
+    assert!(out.contains("blocked by a dead letter"), "{out}");
+    let (ok, out, _) = ferry(&["dlq", "list", "--json"]);
+    assert!(ok);
+    let listed: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<i64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2);
+    let (ok, out, _) = ferry(&["dlq", "show", &ids[0].to_string()]);
+    assert!(ok && out.contains("the receiver answered AR"), "{out}");
+    let (ok, _, err) = ferry(&["dlq", "retry"]);
+    assert!(!ok && err.contains("--all"), "{err}");
+    let (ok, out, _) = ferry(&["dlq", "discard", &ids[0].to_string()]);
+    assert!(ok && out.contains("1 dead letter(s) discarded"), "{out}");
+    his.answer_always(MllpAnswer::Ack(AckCode::AA));
+    let (ok, out, _) = ferry(&["dlq", "retry", "--destination", "his"]);
+    assert!(ok && out.contains("1 dead letter(s) put back"), "{out}");
+    wait_outbox(&app.store, "his", 0, 0).await;
+    let accepted = accepted_per_patient(&his.received());
+    assert_eq!(accepted.len(), 1, "only the retried one: {accepted:?}");
+    app.shutdown().await;
+}
