@@ -196,12 +196,17 @@ pub fn judge(answer: &[u8], control_id: &str, on_ae: AeAction) -> Result<(), Fai
             format!("the ACK names control id {acked:?}, but {control_id:?} was sent"),
         ));
     }
-    // The receiver's own words: ERR-8 (2.5+), else MSA-3 (older versions).
+    // The receiver's own words: ERR-8 (user message) or ERR-7 (diagnostic information) of 2.5+,
+    // else MSA-3 (the text message of older versions).
     let reason = message
         .segment("ERR")
-        .and_then(|e| e.field(8).or_else(|| e.field(1)))
-        .map(|f| f.decoded().into_owned())
-        .filter(|s| !s.is_empty())
+        .and_then(|e| {
+            [8, 7]
+                .into_iter()
+                .filter_map(|n| e.field(n))
+                .map(|f| f.decoded().into_owned())
+                .find(|s| !s.is_empty())
+        })
         .or_else(|| Some(field(3)).filter(|s| !s.is_empty()))
         .map(|r| format!(": {r}"))
         .unwrap_or_default();
@@ -291,7 +296,7 @@ mod tests {
         assert!(judge(&ack("AA", "42", ""), "42", retry).is_ok());
         assert!(judge(&ack("CA", "42", ""), "42", retry).is_ok());
         let e = judge(
-            &ack("AE", "42", "\rERR||||E|||Unknown procedure code"),
+            &ack("AE", "42", "\rERR||||E||||Unknown procedure code"),
             "42",
             retry,
         )
@@ -302,6 +307,13 @@ mod tests {
         );
         let e = judge(&ack("AE", "42", ""), "42", AeAction::DeadLetter).expect_err("AE");
         assert!(!e.is_transient());
+        let e = judge(
+            &ack("AE", "42", "\rERR||||E|||Segment sequence error"),
+            "42",
+            retry,
+        )
+        .expect_err("AE with ERR-7");
+        assert!(e.message.contains("Segment sequence error"), "{e:?}");
         let e = judge(&ack("AR", "42", "|bad version"), "42", retry).expect_err("AR");
         assert!(
             !e.is_transient() && e.message.contains("bad version"),
