@@ -756,3 +756,95 @@ async fn the_cli_shows_retries_and_discards_dead_letters() {
     assert_eq!(accepted.len(), 1, "only the retried one: {accepted:?}");
     app.shutdown().await;
 }
+
+/// A PACS that speaks MLLP over TLS: the destination's `tls` settings (its own CA file, the
+/// server name) are used, and a certificate the CA did not sign is refused (the message waits).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mllp_over_tls() {
+    use futures::{SinkExt, StreamExt};
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let keys = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/keys");
+    let chain = vec![CertificateDer::from_pem_file(keys.join("mllp-test-server.pem")).unwrap()];
+    let key = PrivateKeyDer::from_pem_file(keys.join("mllp-test-server.key")).unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (got_tx, mut got_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            let got = got_tx.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut framed = tokio_util::codec::Framed::new(
+                    tls,
+                    ferry::mllp::codec::MllpCodec::new(1 << 20),
+                );
+                while let Some(Ok(ferry::mllp::codec::Frame::Message(m))) = framed.next().await {
+                    let text = String::from_utf8_lossy(&m).into_owned();
+                    let id = Message::parse(&text).unwrap().msh_field(10).to_owned();
+                    let ack = format!(
+                        "MSH|^~\\&|PACS|RAD|FERRY|HOSP|20261122||ACK|T{id}|P|2.5.1\rMSA|AA|{id}\r"
+                    );
+                    framed.send(ack.as_bytes()).await.unwrap();
+                    got.send(text).unwrap();
+                }
+            });
+        }
+    });
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = settings(&format!("sqlite://{}/ferry.db", dir.path().display()));
+    let mut pacs = mllp_destination("pacs", addr);
+    if let DestinationSettings::Mllp(m) = &mut pacs {
+        m.tls = Some(ferry::config::TlsSettings {
+            ca_file: Some(keys.join("mllp-test-ca.pem")),
+            server_name: Some("pacs.test".into()),
+            client_cert_file: None,
+            client_key_file: None,
+        });
+    }
+    // The same receiver, trusted through the wrong CA (the server's own certificate as a root is
+    // not its issuer): the handshake fails, and the message is retried, not lost.
+    let mut wrong = mllp_destination("wrong-ca", addr);
+    if let DestinationSettings::Mllp(m) = &mut wrong {
+        m.tls = Some(ferry::config::TlsSettings {
+            ca_file: Some(keys.join("mllp-test-server.pem")),
+            server_name: Some("pacs.test".into()),
+            client_cert_file: None,
+            client_key_file: None,
+        });
+        m.retry.max_attempts = 0;
+    }
+    s.destinations = vec![pacs, wrong];
+    s.subscriptions = vec![
+        subscription("pacs", &["PatientUpdated"], "outbound/his_adt_a08"),
+        subscription("wrong-ca", &["PatientUpdated"], "outbound/his_adt_a08"),
+    ];
+    let app = App::start(&s).await.unwrap();
+    send_all(&app, &[a08("TLS", 1)]).await;
+    wait_outbox(&app.store, "pacs", 0, 0).await;
+    let text = tokio::time::timeout(Duration::from_secs(5), got_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(patient_and_seq(&text), ("TLS".into(), "Seq0001".into()));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    wait_outbox(&app.store, "wrong-ca", 1, 0).await;
+    assert!(
+        got_rx.try_recv().is_err(),
+        "nothing arrived through the wrong CA"
+    );
+    app.shutdown().await;
+}

@@ -21,7 +21,65 @@ both_backends!(
     backoff_holds_a_lane_back,
     a_dead_letter_blocks_its_lane_until_retried_or_discarded,
     replay_queues_stored_events_again,
+    a_drained_lane_rests_until_something_is_queued,
 );
+
+/// A lane given back as drained is not taken again until something new is queued in it, and
+/// something queued while it was being drained keeps it due.
+async fn a_drained_lane_rests_until_something_is_queued(store: DynStore) {
+    store
+        .commit_ingest(&[write("a", vec![to("pacs", "L1")])])
+        .await
+        .unwrap();
+    assert_eq!(claim(&store, "me", 5, LEASE).await, vec!["L1"]);
+    let batch = store.outbox().lane_items("pacs", "L1", 10).await.unwrap();
+    assert_eq!((batch.items.len(), batch.enqueued), (1, 1));
+    // Queued after the dispatcher read the lane, before it recorded the delivery.
+    store
+        .commit_ingest(&[write("b", vec![to("pacs", "L1")])])
+        .await
+        .unwrap();
+    let mut last = attempt(batch.items[0].id, "L1", "me", AttemptResult::Delivered);
+    last.release = Some(batch.enqueued);
+    let held = store.outbox().record_attempts(&[last]).await.unwrap();
+    assert_eq!(held, vec![true]);
+    // Released (another owner may take it) and still due: "b" is waiting.
+    assert_eq!(claim(&store, "other", 5, LEASE).await, vec!["L1"]);
+    let batch = store.outbox().lane_items("pacs", "L1", 10).await.unwrap();
+    assert_eq!((batch.items.len(), batch.enqueued), (1, 2));
+    let mut last = attempt(batch.items[0].id, "L1", "other", AttemptResult::Delivered);
+    last.release = Some(batch.enqueued);
+    store.outbox().record_attempts(&[last]).await.unwrap();
+    // Drained: nothing to take until the next row.
+    assert!(claim(&store, "me", 5, LEASE).await.is_empty());
+    store
+        .commit_ingest(&[write("c", vec![to("pacs", "L1")])])
+        .await
+        .unwrap();
+    assert_eq!(claim(&store, "me", 5, LEASE).await, vec!["L1"]);
+    // An empty read releases it drained too.
+    let batch = store.outbox().lane_items("pacs", "L1", 10).await.unwrap();
+    let id = batch.items[0].id;
+    store
+        .outbox()
+        .record_attempts(&[attempt(id, "L1", "me", AttemptResult::Delivered)])
+        .await
+        .unwrap();
+    let empty = store.outbox().lane_items("pacs", "L1", 10).await.unwrap();
+    assert!(empty.items.is_empty());
+    store
+        .outbox()
+        .release_lane(
+            "pacs",
+            "L1",
+            "me",
+            OffsetDateTime::now_utc(),
+            Some(empty.enqueued),
+        )
+        .await
+        .unwrap();
+    assert!(claim(&store, "me", 5, LEASE).await.is_empty());
+}
 
 fn write(stream: &str, deliveries: Vec<NewDelivery>) -> IngestWrite {
     let id = Uuid::now_v7();
@@ -79,6 +137,7 @@ fn attempt(id: i64, lane: &str, owner: &str, result: AttemptResult) -> Attempt {
         response: Some(b"MSA|AR|1\r".to_vec()),
         result,
         lease_until: now + Duration::from_secs(30),
+        release: None,
     }
 }
 
@@ -99,6 +158,7 @@ async fn ids(store: &DynStore, lane: &str) -> Vec<i64> {
         .lane_items("pacs", lane, 100)
         .await
         .unwrap()
+        .items
         .iter()
         .map(|i| i.id)
         .collect()
@@ -111,7 +171,12 @@ async fn deliveries_are_queued_with_their_event(store: DynStore) {
         .commit_ingest(&[write("s1", vec![to("pacs", "L1"), to("his", "L1")])])
         .await
         .unwrap();
-    let items = store.outbox().lane_items("pacs", "L1", 10).await.unwrap();
+    let items = store
+        .outbox()
+        .lane_items("pacs", "L1", 10)
+        .await
+        .unwrap()
+        .items;
     assert_eq!(items.len(), 1);
     let item = &items[0];
     assert_eq!(item.event.stream_id, "s1");
@@ -124,6 +189,7 @@ async fn deliveries_are_queued_with_their_event(store: DynStore) {
             .lane_items("his", "L1", 10)
             .await
             .unwrap()
+            .items
             .len(),
         1
     );
@@ -186,7 +252,7 @@ async fn a_lane_goes_to_one_owner_until_its_lease_lapses(store: DynStore) {
     // Released lanes are free at once; lapsed leases are taken over.
     store
         .outbox()
-        .release_lane("pacs", &second[0], "two", OffsetDateTime::now_utc())
+        .release_lane("pacs", &second[0], "two", OffsetDateTime::now_utc(), None)
         .await
         .unwrap();
     let short = claim(&store, "four", 5, Duration::from_secs(1)).await;
@@ -221,7 +287,12 @@ async fn backoff_holds_a_lane_back(store: DynStore) {
     assert!(claim(&store, "other", 5, LEASE).await.is_empty());
     tokio::time::sleep(Duration::from_millis(1700)).await;
     assert_eq!(claim(&store, "other", 5, LEASE).await, vec!["L1"]);
-    let items = store.outbox().lane_items("pacs", "L1", 10).await.unwrap();
+    let items = store
+        .outbox()
+        .lane_items("pacs", "L1", 10)
+        .await
+        .unwrap()
+        .items;
     assert_eq!(items[0].id, head, "the failed message is still first");
     assert_eq!(items[0].attempts, 1);
 }
@@ -244,7 +315,7 @@ async fn a_dead_letter_blocks_its_lane_until_retried_or_discarded(store: DynStor
         .unwrap();
     store
         .outbox()
-        .release_lane("pacs", "L2", "me", OffsetDateTime::now_utc())
+        .release_lane("pacs", "L2", "me", OffsetDateTime::now_utc(), None)
         .await
         .unwrap();
     // L1 is blocked; L2 goes on.
@@ -286,7 +357,12 @@ async fn a_dead_letter_blocks_its_lane_until_retried_or_discarded(store: DynStor
     let now = OffsetDateTime::now_utc();
     assert_eq!(store.outbox().dlq_retry(&by_id, now).await.unwrap(), 1);
     assert_eq!(claim(&store, "me", 5, LEASE).await, vec!["L1"]);
-    let items = store.outbox().lane_items("pacs", "L1", 10).await.unwrap();
+    let items = store
+        .outbox()
+        .lane_items("pacs", "L1", 10)
+        .await
+        .unwrap()
+        .items;
     assert_eq!((items[0].id, items[0].attempts), (l1[0], 0));
 
     // Dead again, then discarded: the lane moves on to its next message.

@@ -35,6 +35,9 @@ CREATE INDEX outbox_pending ON outbox (destination, lane, id) WHERE status = 'pe
 CREATE INDEX outbox_dead ON outbox (destination, lane, id) WHERE status = 'dead';
 CREATE INDEX outbox_event ON outbox (hospital_id, stream_id, stream_version);
 
+-- One row per lane ever used: lease, backoff, and whether it has work (enqueued > seen; see the
+-- SQLite migration for how the two counters keep a lane from being stranded). `blocked`: its head
+-- message is a dead letter.
 CREATE TABLE outbox_lanes (
     destination TEXT        NOT NULL,
     lane        TEXT        NOT NULL,
@@ -42,5 +45,11 @@ CREATE TABLE outbox_lanes (
     ready_at    TIMESTAMPTZ NOT NULL,
     lease_owner TEXT,
     lease_until TIMESTAMPTZ,
+    enqueued    BIGINT      NOT NULL DEFAULT 0,
+    seen        BIGINT      NOT NULL DEFAULT 0,
+    blocked     BOOLEAN     NOT NULL DEFAULT false,
     PRIMARY KEY (destination, lane)
 );
+
+CREATE INDEX outbox_lanes_ready ON outbox_lanes (destination, ready_at)
+    WHERE enqueued > seen AND NOT blocked;

@@ -44,13 +44,24 @@ CREATE INDEX outbox_dead ON outbox (destination, lane, id) WHERE status = 'dead'
 CREATE INDEX outbox_event ON outbox (hospital_id, stream_id, stream_version);
 
 -- One row per lane ever used: who is delivering it now (a lease that expires, so a crashed
--- instance's lanes are taken over), and when it may next be tried (backoff after a failure).
+-- instance's lanes are taken over), when it may next be tried (backoff after a failure), and
+-- whether it has work. `enqueued` counts the rows ever queued in the lane (raised by the
+-- transaction that queues them); `seen` is the count a dispatcher found the lane drained at. A lane
+-- has work while enqueued > seen, so finding work reads this small index, not the outbox; and a
+-- row queued while a dispatcher drains the lane raises `enqueued` past what it saw, so it is
+-- never stranded. `blocked`: its head message is a dead letter.
 CREATE TABLE outbox_lanes (
-    destination TEXT NOT NULL,
-    lane        TEXT NOT NULL,
-    hospital_id TEXT NOT NULL,
-    ready_at    TEXT NOT NULL,
+    destination TEXT    NOT NULL,
+    lane        TEXT    NOT NULL,
+    hospital_id TEXT    NOT NULL,
+    ready_at    TEXT    NOT NULL,
     lease_owner TEXT,
     lease_until TEXT,
+    enqueued    INTEGER NOT NULL DEFAULT 0,
+    seen        INTEGER NOT NULL DEFAULT 0,
+    blocked     INTEGER NOT NULL DEFAULT 0 CHECK (blocked IN (0, 1)),
     PRIMARY KEY (destination, lane)
 ) STRICT, WITHOUT ROWID;
+
+CREATE INDEX outbox_lanes_ready ON outbox_lanes (destination, ready_at)
+    WHERE enqueued > seen AND blocked = 0;

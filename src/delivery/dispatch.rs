@@ -188,7 +188,7 @@ async fn dispatch(shared: Arc<Shared>, dest: Arc<Destination>) {
                     for lane in claimed {
                         let Ok(permit) = slots.clone().try_acquire_owned() else {
                             // Cannot happen (we asked for at most `free`); give it back.
-                            release(&shared, &dest, &lane, OffsetDateTime::now_utc()).await;
+                            release(&shared, &dest, &lane, OffsetDateTime::now_utc(), None).await;
                             continue;
                         };
                         let done = done_tx.clone();
@@ -225,37 +225,46 @@ async fn run_lane(
     };
     let batch = shared.settings.lane_batch;
     let mut sent = 0usize;
-    // Some(time): give the lane back, ready from then; None: the lane is not ours any more
-    // (released by a failed attempt's record, or taken over).
+    // Some((time, drained)): give the lane back, due from then (drained up to that count, if
+    // it ran dry); None: the lane is not ours any more (a recorded attempt released it, or
+    // another instance took it over).
     let give_back = 'lane: loop {
         if shared.shutdown.is_cancelled() || sent >= batch {
-            break Some(OffsetDateTime::now_utc());
+            break Some((OffsetDateTime::now_utc(), None));
         }
-        let items = match shared
+        let next = match shared
             .store
             .outbox()
             .lane_items(&dest.name, &lane, batch as i64)
             .await
         {
-            Ok(items) => items,
+            Ok(next) => next,
             Err(error) => {
                 tracing::warn!(destination = %dest.name, %error, "Cannot read the outbox.");
-                break Some(OffsetDateTime::now_utc() + Duration::from_secs(1));
+                break Some((OffsetDateTime::now_utc() + Duration::from_secs(1), None));
             }
         };
-        if items.is_empty() {
-            break Some(OffsetDateTime::now_utc());
+        if next.items.is_empty() {
+            break Some((OffsetDateTime::now_utc(), Some(next.enqueued)));
         }
-        for item in &items {
-            let attempt = attempt(&shared, &dest, &mut conn, item).await;
+        // Fewer than asked for: these are all the lane had, so the last one's record gives the
+        // lane back in the same transaction.
+        let drains = next.items.len() < batch;
+        let last = next.items.len() - 1;
+        for (i, item) in next.items.iter().enumerate() {
+            let mut attempt = attempt(&shared, &dest, &mut conn, item).await;
             let delivered = matches!(attempt.result, AttemptResult::Delivered);
+            if delivered && drains && i == last {
+                attempt.release = Some(next.enqueued);
+            }
+            let released = attempt.release.is_some();
             let (reply, held) = oneshot::channel();
             if shared.recorder.send((attempt, reply)).await.is_err() {
                 break 'lane None;
             }
             let held = held.await.unwrap_or(false);
-            if !delivered {
-                // Recorded as retry or dead: the record released the lane.
+            if !delivered || released {
+                // Recorded as retry or dead, or as the lane's last: the record released it.
                 break 'lane None;
             }
             if !held {
@@ -264,12 +273,12 @@ async fn run_lane(
             }
             sent += 1;
             if shared.shutdown.is_cancelled() {
-                break 'lane Some(OffsetDateTime::now_utc());
+                break 'lane Some((OffsetDateTime::now_utc(), None));
             }
         }
     };
-    if let Some(ready_at) = give_back {
-        release(&shared, &dest, &lane, ready_at).await;
+    if let Some((ready_at, drained)) = give_back {
+        release(&shared, &dest, &lane, ready_at, drained).await;
     }
     if let Some(c) = conn {
         dest.idle.lock().await.push(c);
@@ -277,11 +286,17 @@ async fn run_lane(
     let _ = done.send(());
 }
 
-async fn release(shared: &Shared, dest: &Destination, lane: &str, ready_at: OffsetDateTime) {
+async fn release(
+    shared: &Shared,
+    dest: &Destination,
+    lane: &str,
+    ready_at: OffsetDateTime,
+    drained: Option<i64>,
+) {
     if let Err(error) = shared
         .store
         .outbox()
-        .release_lane(&dest.name, lane, &shared.owner, ready_at)
+        .release_lane(&dest.name, lane, &shared.owner, ready_at, drained)
         .await
     {
         tracing::warn!(destination = %dest.name, %error, "Cannot give a lane back; its lease will lapse.");
@@ -342,6 +357,7 @@ async fn attempt(
         error: None,
         response: None,
         lease_until,
+        release: None,
     };
     match sent {
         Ok(response) => {

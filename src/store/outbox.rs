@@ -46,6 +46,15 @@ pub struct OutboxItem {
     pub event: super::RecordedEvent,
 }
 
+/// A lane's next messages, and the lane's `enqueued` count read just before them: when the
+/// messages turn out to be all there was, the lane is released with `seen` at that count (see
+/// `migrations/sqlite/0003_outbox.sql`), so anything queued meanwhile keeps the lane due.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LaneBatch {
+    pub items: Vec<OutboxItem>,
+    pub enqueued: i64,
+}
+
 /// What one attempt came to, as the dispatcher decided it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AttemptResult {
@@ -74,6 +83,9 @@ pub struct Attempt {
     pub response: Option<Vec<u8>>,
     /// New lease expiry when delivered (the lane stays taken).
     pub lease_until: OffsetDateTime,
+    /// When delivered and this was the lane's last message: give the lane back, drained up to
+    /// this `enqueued` count.
+    pub release: Option<i64>,
 }
 
 /// Queue depth of one destination.
@@ -161,8 +173,8 @@ pub struct DeliveredRow {
 
 /// The delivery side of the store.
 pub trait OutboxStore: Send + Sync {
-    /// Takes up to `limit` lanes of `destination` that have pending messages, are not blocked by a
-    /// dead letter, are past their backoff and are not leased by a live owner; leases them to
+    /// Takes up to `limit` lanes of `destination` that have work (enqueued > seen), are not
+    /// blocked by a dead letter, are past their backoff and are not leased by a live owner; leases them to
     /// `owner` until `lease_until`. Several instances may call this at once: each lane goes to one.
     fn claim_lanes<'a>(
         &'a self,
@@ -179,7 +191,7 @@ pub trait OutboxStore: Send + Sync {
         destination: &'a str,
         lane: &'a str,
         limit: i64,
-    ) -> BoxFuture<'a, Result<Vec<OutboxItem>, StoreError>>;
+    ) -> BoxFuture<'a, Result<LaneBatch, StoreError>>;
 
     /// Records attempts in one transaction. Per attempt: whether `owner` still held the lane
     /// (false: another instance took it over; the caller stops delivering it).
@@ -195,13 +207,15 @@ pub trait OutboxStore: Send + Sync {
         until: OffsetDateTime,
     ) -> BoxFuture<'a, Result<u64, StoreError>>;
 
-    /// Gives a lane back (its lease ends) so any instance may take it from `ready_at` on.
+    /// Gives a lane back (its lease ends) so any instance may take it from `ready_at` on;
+    /// `drained`: it had no more messages as of this `enqueued` count.
     fn release_lane<'a>(
         &'a self,
         destination: &'a str,
         lane: &'a str,
         owner: &'a str,
         ready_at: OffsetDateTime,
+        drained: Option<i64>,
     ) -> BoxFuture<'a, Result<(), StoreError>>;
 
     /// Queues deliveries of stored events (replay); returns how many were queued.

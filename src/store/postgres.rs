@@ -125,10 +125,11 @@ const INSERT_BATCH: &str = "WITH inbound AS ( \
          $38::int8[], $39::text[]) WITH ORDINALITY AS q (h, d, l, s, m, st, v, t, n) \
        ORDER BY n \
      ), lanes AS ( \
-       INSERT INTO outbox_lanes (destination, lane, hospital_id, ready_at) \
-       SELECT DISTINCT d, l, h, $31::timestamptz \
-       FROM UNNEST($32::text[], $33::text[], $34::text[]) AS q (h, d, l) \
-       ON CONFLICT DO NOTHING \
+       INSERT INTO outbox_lanes (destination, lane, hospital_id, ready_at, enqueued) \
+       SELECT d, l, min(h), $31::timestamptz, count(*) \
+       FROM UNNEST($32::text[], $33::text[], $34::text[]) AS q (h, d, l) GROUP BY d, l \
+       ON CONFLICT (destination, lane) DO UPDATE \
+         SET enqueued = outbox_lanes.enqueued + excluded.enqueued \
      ) \
      SELECT ferry_check_idempotency_inserted($30, (SELECT count(*) FROM idem))";
 

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 use super::StoreError;
 use super::outbox::{
-    Attempt, AttemptResult, DeadLetter, DeliveredRow, DestinationStatus, DlqFilter, OutboxItem,
+    Attempt, AttemptResult, DeadLetter, DeliveredRow, DestinationStatus, DlqFilter, LaneBatch,
     OutboxStore, ReplayDelivery,
 };
 use super::postgres::PostgresStore;
@@ -42,13 +42,9 @@ impl OutboxStore for PostgresStore {
                  SET lease_owner = $1, lease_until = now() + make_interval(secs => $2) \
                  FROM ( \
                    SELECT l.destination, l.lane FROM outbox_lanes AS l \
-                   WHERE l.destination = $3 \
-                     AND l.lane IN (SELECT o.lane FROM outbox AS o \
-                                    WHERE o.destination = $3 AND o.status = 'pending') \
+                   WHERE l.destination = $3 AND l.enqueued > l.seen AND NOT l.blocked \
                      AND l.ready_at <= now() \
                      AND (l.lease_owner IS NULL OR l.lease_until < now()) \
-                     AND NOT EXISTS (SELECT 1 FROM outbox AS d WHERE d.destination = $3 \
-                                     AND d.lane = l.lane AND d.status = 'dead') \
                    ORDER BY l.ready_at LIMIT $4 \
                    FOR UPDATE OF l SKIP LOCKED) AS c \
                  WHERE u.destination = c.destination AND u.lane = c.lane \
@@ -75,8 +71,16 @@ impl OutboxStore for PostgresStore {
         destination: &'a str,
         lane: &'a str,
         limit: i64,
-    ) -> BoxFuture<'a, Result<Vec<OutboxItem>, StoreError>> {
+    ) -> BoxFuture<'a, Result<LaneBatch, StoreError>> {
         async move {
+            // The count first, then the rows (see the SQLite migration for why).
+            let enqueued: Option<i64> = sqlx::query_scalar(
+                "SELECT enqueued FROM outbox_lanes WHERE destination = $1 AND lane = $2",
+            )
+            .bind(destination)
+            .bind(lane)
+            .fetch_optional(&self.pool)
+            .await?;
             let rows = sqlx::query(
                 "SELECT o.id AS o_id, o.destination AS o_destination, o.lane AS o_lane, \
                  o.subscription AS o_subscription, o.mapping AS o_mapping, \
@@ -94,7 +98,13 @@ impl OutboxStore for PostgresStore {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-            rows.iter().map(rows::outbox_item).collect()
+            Ok(LaneBatch {
+                items: rows
+                    .iter()
+                    .map(rows::outbox_item)
+                    .collect::<Result<_, _>>()?,
+                enqueued: enqueued.unwrap_or(0),
+            })
         }
         .boxed()
     }
@@ -139,12 +149,14 @@ impl OutboxStore for PostgresStore {
                     .await?;
                     let released = sqlx::query(
                         "UPDATE outbox_lanes SET lease_owner = NULL, lease_until = NULL, \
-                         ready_at = $1 WHERE destination = $2 AND lane = $3 AND lease_owner = $4",
+                         ready_at = $1, blocked = $5 \
+                         WHERE destination = $2 AND lane = $3 AND lease_owner = $4",
                     )
                     .bind(ready_at)
                     .bind(&a.destination)
                     .bind(&a.lane)
                     .bind(&a.owner)
+                    .bind(status == "dead")
                     .execute(&mut *tx)
                     .await?;
                     held[i] = released.rows_affected() == 1;
@@ -199,16 +211,19 @@ impl OutboxStore for PostgresStore {
         lane: &'a str,
         owner: &'a str,
         ready_at: OffsetDateTime,
+        drained: Option<i64>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
             sqlx::query(
-                "UPDATE outbox_lanes SET lease_owner = NULL, lease_until = NULL, ready_at = $1 \
+                "UPDATE outbox_lanes SET lease_owner = NULL, lease_until = NULL, ready_at = $1, \
+                 seen = greatest(seen, coalesce($5, seen)) \
                  WHERE destination = $2 AND lane = $3 AND lease_owner = $4",
             )
             .bind(ready_at)
             .bind(destination)
             .bind(lane)
             .bind(owner)
+            .bind(drained)
             .execute(&self.pool)
             .await?;
             Ok(())
@@ -237,10 +252,11 @@ impl OutboxStore for PostgresStore {
                      WITH ORDINALITY AS q (h, d, l, s, m, st, v, t, n) ORDER BY n \
                    RETURNING 1 \
                  ), lanes AS ( \
-                   INSERT INTO outbox_lanes (destination, lane, hospital_id, ready_at) \
-                   SELECT DISTINCT d, l, h, $9 FROM UNNEST($1::text[], $2::text[], $3::text[]) \
-                     AS q (h, d, l) \
-                   ON CONFLICT DO NOTHING \
+                   INSERT INTO outbox_lanes (destination, lane, hospital_id, ready_at, enqueued) \
+                   SELECT d, l, min(h), $9, count(*) \
+                   FROM UNNEST($1::text[], $2::text[], $3::text[]) AS q (h, d, l) GROUP BY d, l \
+                   ON CONFLICT (destination, lane) DO UPDATE \
+                     SET enqueued = outbox_lanes.enqueued + excluded.enqueued \
                  ) SELECT count(*) FROM queued",
             )
             .bind(col(&|r| r.hospital_id.clone()))
@@ -342,7 +358,7 @@ impl OutboxStore for PostgresStore {
                    UPDATE outbox SET status = 'pending', attempts = 0, finished_at = NULL \
                    WHERE {DLQ_WHERE} RETURNING destination, lane \
                  ), lanes AS ( \
-                   UPDATE outbox_lanes AS l SET ready_at = $5 \
+                   UPDATE outbox_lanes AS l SET ready_at = $5, blocked = false \
                    FROM (SELECT DISTINCT destination, lane FROM retried) AS r \
                    WHERE l.destination = r.destination AND l.lane = r.lane \
                  ) SELECT count(*) FROM retried"
@@ -369,18 +385,29 @@ impl OutboxStore for PostgresStore {
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
         async move {
+            // The lanes move on: their next message (if any) is due now.
             let sql = format!(
-                "UPDATE outbox SET status = 'discarded', finished_at = $5 WHERE {DLQ_WHERE}"
+                "WITH discarded AS ( \
+                   UPDATE outbox SET status = 'discarded', finished_at = $5 WHERE {DLQ_WHERE} \
+                   RETURNING destination, lane \
+                 ), lanes AS ( \
+                   UPDATE outbox_lanes AS l SET ready_at = $5, blocked = false \
+                   FROM (SELECT DISTINCT destination, lane FROM discarded) AS r \
+                   WHERE l.destination = r.destination AND l.lane = r.lane \
+                 ) SELECT count(*) FROM discarded"
             );
-            let done = sqlx::query(sqlx::AssertSqlSafe(sql))
+            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
                 .bind(filter.id)
                 .bind(filter.destination.as_deref())
                 .bind(filter.dead_before)
                 .bind(filter.hospital_id.as_deref())
                 .bind(now)
-                .execute(&self.pool)
+                .fetch_one(&self.pool)
                 .await?;
-            Ok(done.rows_affected())
+            let count: i64 = row
+                .try_get(0)
+                .map_err(|e| StoreError::Corrupt(format!("outbox: {e}")))?;
+            Ok(u64::try_from(count).unwrap_or(0))
         }
         .boxed()
     }
@@ -418,10 +445,13 @@ fn delivered_query(delivered: &[&Attempt]) -> PgQuery<'static> {
            FROM UNNEST($1::int8[], $2::timestamptz[], $3::bytea[]) AS x (id, at, resp) \
            WHERE o.id = x.id AND o.status = 'pending' \
          ) \
-         UPDATE outbox_lanes AS l SET lease_until = x.until \
-         FROM (SELECT DISTINCT ON (d, ln) d, ln, ow, until \
-               FROM UNNEST($4::text[], $5::text[], $6::text[], $7::timestamptz[]) \
-                 AS y (d, ln, ow, until)) AS x \
+         UPDATE outbox_lanes AS l SET \
+           lease_until = CASE WHEN x.drained IS NULL THEN x.until END, \
+           lease_owner = CASE WHEN x.drained IS NULL THEN l.lease_owner END, \
+           seen = greatest(l.seen, coalesce(x.drained, l.seen)) \
+         FROM (SELECT DISTINCT ON (d, ln) d, ln, ow, until, drained \
+               FROM UNNEST($4::text[], $5::text[], $6::text[], $7::timestamptz[], $8::int8[]) \
+                 AS y (d, ln, ow, until, drained)) AS x \
          WHERE l.destination = x.d AND l.lane = x.ln AND l.lease_owner = x.ow \
          RETURNING l.destination, l.lane",
     )
@@ -447,4 +477,5 @@ fn delivered_query(delivered: &[&Attempt]) -> PgQuery<'static> {
             .collect::<Vec<_>>(),
     )
     .bind(delivered.iter().map(|a| a.lease_until).collect::<Vec<_>>())
+    .bind(delivered.iter().map(|a| a.release).collect::<Vec<_>>())
 }

@@ -15,7 +15,7 @@ use time::OffsetDateTime;
 
 use super::StoreError;
 use super::outbox::{
-    Attempt, AttemptResult, DeadLetter, DeliveredRow, DestinationStatus, DlqFilter, OutboxItem,
+    Attempt, AttemptResult, DeadLetter, DeliveredRow, DestinationStatus, DlqFilter, LaneBatch,
     OutboxStore, ReplayDelivery,
 };
 use super::plan::PlannedEvent;
@@ -62,9 +62,10 @@ async fn insert_rows(
          stream_version, event_type, created_at) \
          SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5, \
          j.value->>6, j.value->>7, ?2 FROM json_each(?1) AS j ORDER BY j.key; \
-         INSERT INTO outbox_lanes (destination, lane, hospital_id, ready_at) \
-         SELECT DISTINCT j.value->>1, j.value->>2, j.value->>0, ?2 FROM json_each(?1) AS j \
-         WHERE true ON CONFLICT DO NOTHING",
+         INSERT INTO outbox_lanes (destination, lane, hospital_id, ready_at, enqueued) \
+         SELECT j.value->>1, j.value->>2, min(j.value->>0), ?2, count(*) FROM json_each(?1) AS j \
+         WHERE true GROUP BY 1, 2 \
+         ON CONFLICT (destination, lane) DO UPDATE SET enqueued = enqueued + excluded.enqueued",
     )
     .bind(rows)
     .bind(now)
@@ -94,18 +95,15 @@ impl OutboxStore for SqliteStore {
         async move {
             let (now, until) = (ts(now)?, ts(lease_until)?);
             let mut writer = self.writer().await?;
-            // Driven by the pending rows (a partial index: small when the queue is), not by the
-            // lanes table, which holds every patient ever delivered.
+            // Lanes with work are found through a small partial index (enqueued > seen, not
+            // blocked), oldest backoff first; leased ones are skipped.
             let lanes: Vec<(String,)> = sqlx::query_as(
                 "UPDATE outbox_lanes SET lease_owner = ?1, lease_until = ?2 \
                  WHERE destination = ?3 AND lane IN ( \
-                   SELECT l.lane FROM (SELECT DISTINCT lane FROM outbox \
-                       WHERE destination = ?3 AND status = 'pending') AS p \
-                   JOIN outbox_lanes AS l ON l.destination = ?3 AND l.lane = p.lane \
-                   WHERE l.ready_at <= ?4 AND (l.lease_owner IS NULL OR l.lease_until < ?4) \
-                     AND NOT EXISTS (SELECT 1 FROM outbox AS d WHERE d.destination = ?3 \
-                         AND d.lane = l.lane AND d.status = 'dead') \
-                   ORDER BY l.ready_at LIMIT ?5) \
+                   SELECT lane FROM outbox_lanes \
+                   WHERE destination = ?3 AND enqueued > seen AND blocked = 0 \
+                     AND ready_at <= ?4 AND (lease_owner IS NULL OR lease_until < ?4) \
+                   ORDER BY ready_at LIMIT ?5) \
                  RETURNING lane",
             )
             .bind(owner)
@@ -125,8 +123,17 @@ impl OutboxStore for SqliteStore {
         destination: &'a str,
         lane: &'a str,
         limit: i64,
-    ) -> BoxFuture<'a, Result<Vec<OutboxItem>, StoreError>> {
+    ) -> BoxFuture<'a, Result<LaneBatch, StoreError>> {
         async move {
+            // The count first, then the rows: a row committed in between raises the count past
+            // what is returned, so the lane stays due (see the migration).
+            let enqueued: Option<(i64,)> = sqlx::query_as(
+                "SELECT enqueued FROM outbox_lanes WHERE destination = ? AND lane = ?",
+            )
+            .bind(destination)
+            .bind(lane)
+            .fetch_optional(&self.reader)
+            .await?;
             let rows = sqlx::query(
                 "SELECT o.id AS o_id, o.destination AS o_destination, o.lane AS o_lane, \
                  o.subscription AS o_subscription, o.mapping AS o_mapping, \
@@ -143,7 +150,13 @@ impl OutboxStore for SqliteStore {
             .bind(limit)
             .fetch_all(&self.reader)
             .await?;
-            rows.iter().map(rows::outbox_item).collect()
+            Ok(LaneBatch {
+                items: rows
+                    .iter()
+                    .map(rows::outbox_item)
+                    .collect::<Result<_, _>>()?,
+                enqueued: enqueued.map(|(e,)| e).unwrap_or(0),
+            })
         }
         .boxed()
     }
@@ -194,15 +207,18 @@ impl OutboxStore for SqliteStore {
         lane: &'a str,
         owner: &'a str,
         ready_at: OffsetDateTime,
+        drained: Option<i64>,
     ) -> BoxFuture<'a, Result<(), StoreError>> {
         async move {
             let ready_at = ts(ready_at)?;
             let mut writer = self.writer().await?;
             sqlx::query(
-                "UPDATE outbox_lanes SET lease_owner = NULL, lease_until = NULL, ready_at = ? \
+                "UPDATE outbox_lanes SET lease_owner = NULL, lease_until = NULL, ready_at = ?, \
+                 seen = max(seen, coalesce(?, seen)) \
                  WHERE destination = ? AND lane = ? AND lease_owner = ?",
             )
             .bind(ready_at)
+            .bind(drained)
             .bind(destination)
             .bind(lane)
             .bind(owner)
@@ -345,7 +361,7 @@ impl OutboxStore for SqliteStore {
                 let list = serde_json::to_string(&unique.into_iter().collect::<Vec<_>>())
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 sqlx::query(
-                    "UPDATE outbox_lanes SET ready_at = ?1 FROM json_each(?2) AS j \
+                    "UPDATE outbox_lanes SET ready_at = ?1, blocked = 0 FROM json_each(?2) AS j \
                      WHERE outbox_lanes.destination = j.value->>0 AND outbox_lanes.lane = j.value->>1",
                 )
                 .bind(&now)
@@ -377,18 +393,46 @@ impl OutboxStore for SqliteStore {
         async move {
             let now = ts(now)?;
             let mut writer = self.writer().await?;
-            let sql = format!(
-                "UPDATE outbox SET status = 'discarded', finished_at = ?5 WHERE {DLQ_WHERE}"
-            );
-            let done = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(filter.id)
-                .bind(filter.destination.as_deref())
-                .bind(filter.dead_before.map(ts).transpose()?)
-                .bind(filter.hospital_id.as_deref())
-                .bind(now)
-                .execute(&mut *writer)
+            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+            let result = async {
+                let sql = format!(
+                    "UPDATE outbox SET status = 'discarded', finished_at = ?5 WHERE {DLQ_WHERE} \
+                     RETURNING destination, lane"
+                );
+                let lanes: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(filter.id)
+                    .bind(filter.destination.as_deref())
+                    .bind(filter.dead_before.map(ts).transpose()?)
+                    .bind(filter.hospital_id.as_deref())
+                    .bind(&now)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let count = lanes.len() as u64;
+                let unique: BTreeSet<(String, String)> = lanes.into_iter().collect();
+                let list = serde_json::to_string(&unique.into_iter().collect::<Vec<_>>())
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                // The lane moves on: its next message (if any) is due now.
+                sqlx::query(
+                    "UPDATE outbox_lanes SET ready_at = ?1, blocked = 0 FROM json_each(?2) AS j \
+                     WHERE outbox_lanes.destination = j.value->>0 AND outbox_lanes.lane = j.value->>1",
+                )
+                .bind(&now)
+                .bind(list)
+                .execute(&mut *tx)
                 .await?;
-            Ok(done.rows_affected())
+                Ok::<_, StoreError>(count)
+            }
+            .await;
+            match result {
+                Ok(count) => {
+                    tx.commit().await?;
+                    Ok(count)
+                }
+                Err(e) => {
+                    let _ = tx.rollback().await;
+                    Err(e)
+                }
+            }
         }
         .boxed()
     }
@@ -436,6 +480,7 @@ async fn record(
                 a.lane,
                 a.owner,
                 ts(a.lease_until)?,
+                a.release,
             ])),
             AttemptResult::Retry { .. } | AttemptResult::Dead => {
                 let (status, finished, ready_at) = match &a.result {
@@ -456,13 +501,14 @@ async fn record(
                 .execute(&mut **tx)
                 .await?;
                 let released = sqlx::query(
-                    "UPDATE outbox_lanes SET lease_owner = NULL, lease_until = NULL, ready_at = ?1 \
-                     WHERE destination = ?2 AND lane = ?3 AND lease_owner = ?4",
+                    "UPDATE outbox_lanes SET lease_owner = NULL, lease_until = NULL, ready_at = ?1, \
+                     blocked = ?5 WHERE destination = ?2 AND lane = ?3 AND lease_owner = ?4",
                 )
                 .bind(ready_at)
                 .bind(&a.destination)
                 .bind(&a.lane)
                 .bind(&a.owner)
+                .bind(i64::from(status == "dead"))
                 .execute(&mut **tx)
                 .await?;
                 held[i] = released.rows_affected() == 1;
@@ -482,7 +528,11 @@ async fn record(
         .await?;
         // RETURNING may name only the updated table's columns: the lanes still held.
         let renewed: Vec<(String, String)> = sqlx::query_as(
-            "UPDATE outbox_lanes SET lease_until = j.value->>6 FROM json_each(?1) AS j \
+            "UPDATE outbox_lanes SET \
+               lease_until = CASE WHEN j.value->>7 IS NULL THEN j.value->>6 END, \
+               lease_owner = CASE WHEN j.value->>7 IS NULL THEN lease_owner END, \
+               seen = CASE WHEN j.value->>7 IS NULL THEN seen ELSE max(seen, j.value->>7) END \
+             FROM json_each(?1) AS j \
              WHERE outbox_lanes.destination = j.value->>3 AND outbox_lanes.lane = j.value->>4 \
                AND outbox_lanes.lease_owner = j.value->>5 \
              RETURNING destination, lane",
