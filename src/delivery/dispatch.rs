@@ -1,5 +1,6 @@
 //! The dispatcher: per destination, take lanes with pending messages and deliver each lane's
-//! messages strictly in order, up to `parallel_lanes` lanes at a time, each on its own connection.
+//! messages strictly in order, up to `parallel_lanes` lanes at a time, each worker on its own
+//! connection.
 //!
 //! * **Leases.** A lane is taken in the store with an expiring lease (PostgreSQL: `FOR UPDATE SKIP
 //!   LOCKED`), so across instances each lane, and so each message, is in flight in one place. A
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use time::OffsetDateTime;
-use tokio::sync::{Mutex, Notify, OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -61,8 +62,6 @@ struct Destination {
     sender: Sender,
     retry: RetrySettings,
     parallel_lanes: usize,
-    /// Idle MLLP connections, reused by the next lane.
-    idle: Mutex<Vec<Connection>>,
     wake: Arc<Notify>,
 }
 
@@ -106,7 +105,6 @@ impl Delivery {
                 sender,
                 retry: d.retry().clone(),
                 parallel_lanes: d.parallel_lanes(),
-                idle: Mutex::new(Vec::new()),
                 wake: router.wake(d.name()),
             }));
         }
@@ -166,35 +164,73 @@ fn hostname() -> String {
         .unwrap_or_else(|| "ferry".to_owned())
 }
 
-/// One destination: take free lanes whenever there is room and a reason to look (own commits
-/// wake it; otherwise it polls for work queued by other instances or coming out of backoff).
+/// Lanes this instance has taken and no worker has started yet.
+struct LaneQueue {
+    lanes: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// A lane was queued (workers wait on it).
+    ready: Notify,
+    /// A worker took a lane (the claimer tops the queue up).
+    taken: Notify,
+}
+
+impl LaneQueue {
+    fn pop(&self) -> Option<String> {
+        let lane = self.lanes.lock().ok()?.pop_front();
+        if lane.is_some() {
+            self.taken.notify_one();
+        }
+        lane
+    }
+
+    fn len(&self) -> usize {
+        self.lanes.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    fn push(&self, lanes: Vec<String>) {
+        if let Ok(mut queue) = self.lanes.lock() {
+            for lane in lanes {
+                queue.push_back(lane);
+                self.ready.notify_one();
+            }
+        }
+    }
+
+    fn drain(&self) -> Vec<String> {
+        self.lanes
+            .lock()
+            .map(|mut l| l.drain(..).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// One destination: `parallel_lanes` workers, each delivering one lane at a time on its own
+/// connection, fed by a claimer that keeps up to `parallel_lanes` more lanes taken and waiting, so
+/// a worker that finishes a lane starts the next without a round trip to the store. The claimer
+/// looks for work when woken by this instance's commits, when a worker takes a lane, and every
+/// poll interval (for work queued by other instances, or out of backoff).
 async fn dispatch(shared: Arc<Shared>, dest: Arc<Destination>) {
-    let slots = Arc::new(Semaphore::new(dest.parallel_lanes));
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<()>();
-    let mut lanes = JoinSet::new();
+    let queue = Arc::new(LaneQueue {
+        lanes: std::sync::Mutex::new(std::collections::VecDeque::new()),
+        ready: Notify::new(),
+        taken: Notify::new(),
+    });
+    let mut workers = JoinSet::new();
+    for _ in 0..dest.parallel_lanes {
+        workers.spawn(lane_worker(shared.clone(), dest.clone(), queue.clone()));
+    }
     let poll = Duration::from_millis(shared.settings.poll_interval_millis);
     let lease = Duration::from_secs(shared.settings.lease_secs);
     loop {
-        let free = slots.available_permits();
-        if free > 0 {
+        let want = dest.parallel_lanes.saturating_sub(queue.len());
+        if want > 0 {
             let now = OffsetDateTime::now_utc();
-            let claimed = shared
+            match shared
                 .store
                 .outbox()
-                .claim_lanes(&dest.name, &shared.owner, free as i64, now, now + lease)
-                .await;
-            match claimed {
-                Ok(claimed) => {
-                    for lane in claimed {
-                        let Ok(permit) = slots.clone().try_acquire_owned() else {
-                            // Cannot happen (we asked for at most `free`); give it back.
-                            release(&shared, &dest, &lane, OffsetDateTime::now_utc(), None).await;
-                            continue;
-                        };
-                        let done = done_tx.clone();
-                        lanes.spawn(run_lane(shared.clone(), dest.clone(), lane, permit, done));
-                    }
-                }
+                .claim_lanes(&dest.name, &shared.owner, want as i64, now, now + lease)
+                .await
+            {
+                Ok(claimed) => queue.push(claimed),
                 Err(error) => {
                     tracing::warn!(destination = %dest.name, %error, "Cannot take lanes from the outbox.");
                 }
@@ -203,26 +239,35 @@ async fn dispatch(shared: Arc<Shared>, dest: Arc<Destination>) {
         tokio::select! {
             () = shared.shutdown.cancelled() => break,
             () = dest.wake.notified() => {}
-            Some(()) = done_rx.recv() => {}
+            () = queue.taken.notified() => {}
             () = tokio::time::sleep(poll) => {}
-            Some(_) = lanes.join_next(), if !lanes.is_empty() => {}
         }
     }
-    while lanes.join_next().await.is_some() {}
+    while workers.join_next().await.is_some() {}
+    for lane in queue.drain() {
+        release(&shared, &dest, &lane, OffsetDateTime::now_utc(), None).await;
+    }
+}
+
+/// Delivers the lanes it takes from the queue, one after the other, keeping its connection.
+async fn lane_worker(shared: Arc<Shared>, dest: Arc<Destination>, queue: Arc<LaneQueue>) {
+    let mut conn: Option<Connection> = None;
+    loop {
+        let Some(lane) = queue.pop() else {
+            tokio::select! {
+                () = shared.shutdown.cancelled() => return,
+                () = queue.ready.notified() => continue,
+            }
+        };
+        run_lane(&shared, &dest, &lane, &mut conn).await;
+        if shared.shutdown.is_cancelled() {
+            return;
+        }
+    }
 }
 
 /// One lane: its messages in order until it is empty, fails, has had its turn, or shutdown.
-async fn run_lane(
-    shared: Arc<Shared>,
-    dest: Arc<Destination>,
-    lane: String,
-    _permit: OwnedSemaphorePermit,
-    done: mpsc::UnboundedSender<()>,
-) {
-    let mut conn = match dest.sender {
-        Sender::Mllp(_) => dest.idle.lock().await.pop(),
-        Sender::Http(_) => None,
-    };
+async fn run_lane(shared: &Shared, dest: &Destination, lane: &str, conn: &mut Option<Connection>) {
     let batch = shared.settings.lane_batch;
     let mut sent = 0usize;
     // Some((time, drained)): give the lane back, due from then (drained up to that count, if
@@ -235,7 +280,7 @@ async fn run_lane(
         let next = match shared
             .store
             .outbox()
-            .lane_items(&dest.name, &lane, batch as i64)
+            .lane_items(&dest.name, lane, batch as i64)
             .await
         {
             Ok(next) => next,
@@ -252,7 +297,7 @@ async fn run_lane(
         let drains = next.items.len() < batch;
         let last = next.items.len() - 1;
         for (i, item) in next.items.iter().enumerate() {
-            let mut attempt = attempt(&shared, &dest, &mut conn, item).await;
+            let mut attempt = attempt(shared, dest, conn, item).await;
             let delivered = matches!(attempt.result, AttemptResult::Delivered);
             if delivered && drains && i == last {
                 attempt.release = Some(next.enqueued);
@@ -278,12 +323,8 @@ async fn run_lane(
         }
     };
     if let Some((ready_at, drained)) = give_back {
-        release(&shared, &dest, &lane, ready_at, drained).await;
+        release(shared, dest, lane, ready_at, drained).await;
     }
-    if let Some(c) = conn {
-        dest.idle.lock().await.push(c);
-    }
-    let _ = done.send(());
 }
 
 async fn release(

@@ -771,4 +771,8 @@ impl StoreRow for PgRow {
     fn optional_bytes(&self, column: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
         get(self, column, name)
     }
+
+    fn optional_integer(&self, column: &str, name: &str) -> Result<Option<i64>, StoreError> {
+        get(self, column, name)
+    }
 }

@@ -73,24 +73,21 @@ impl OutboxStore for PostgresStore {
         limit: i64,
     ) -> BoxFuture<'a, Result<LaneBatch, StoreError>> {
         async move {
-            // The count first, then the rows (see the SQLite migration for why).
-            let enqueued: Option<i64> = sqlx::query_scalar(
-                "SELECT enqueued FROM outbox_lanes WHERE destination = $1 AND lane = $2",
-            )
-            .bind(destination)
-            .bind(lane)
-            .fetch_optional(&self.pool)
-            .await?;
+            // The lane's count and its rows in one statement (one snapshot): see the SQLite
+            // store.
             let rows = sqlx::query(
-                "SELECT o.id AS o_id, o.destination AS o_destination, o.lane AS o_lane, \
-                 o.subscription AS o_subscription, o.mapping AS o_mapping, \
+                "SELECT l.enqueued AS lane_enqueued, o.id AS o_id, o.destination AS o_destination, \
+                 o.lane AS o_lane, o.subscription AS o_subscription, o.mapping AS o_mapping, \
                  o.attempts AS o_attempts, o.created_at AS o_created_at, \
                  e.global_position, e.hospital_id, e.stream_id, e.stream_version, e.event_type, \
                  e.schema_version, e.payload::text AS payload, e.metadata::text AS metadata, \
                  e.recorded_at \
-                 FROM outbox AS o JOIN events AS e ON e.hospital_id = o.hospital_id \
+                 FROM outbox_lanes AS l \
+                 LEFT JOIN outbox AS o ON o.destination = l.destination AND o.lane = l.lane \
+                   AND o.status = 'pending' \
+                 LEFT JOIN events AS e ON e.hospital_id = o.hospital_id \
                    AND e.stream_id = o.stream_id AND e.stream_version = o.stream_version \
-                 WHERE o.destination = $1 AND o.lane = $2 AND o.status = 'pending' \
+                 WHERE l.destination = $1 AND l.lane = $2 \
                  ORDER BY o.id LIMIT $3",
             )
             .bind(destination)
@@ -98,13 +95,7 @@ impl OutboxStore for PostgresStore {
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-            Ok(LaneBatch {
-                items: rows
-                    .iter()
-                    .map(rows::outbox_item)
-                    .collect::<Result<_, _>>()?,
-                enqueued: enqueued.unwrap_or(0),
-            })
+            rows::lane_batch(&rows)
         }
         .boxed()
     }

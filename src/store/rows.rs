@@ -25,6 +25,7 @@ pub(super) trait StoreRow {
     fn optional_time(&self, column: &str, name: &str)
     -> Result<Option<OffsetDateTime>, StoreError>;
     fn optional_bytes(&self, column: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    fn optional_integer(&self, column: &str, name: &str) -> Result<Option<i64>, StoreError>;
 }
 
 fn uuid(row: &impl StoreRow, column: &str, name: &str) -> Result<Uuid, StoreError> {
@@ -204,4 +205,20 @@ pub(super) fn delivered_row(
         created_at: row.time("created_at", "outbox.created_at")?,
         finished_at: row.time("finished_at", "outbox.finished_at")?,
     })
+}
+
+/// A lane's rows as `lane_items` selects them: the lane's `lane_enqueued` on every row, and the
+/// outbox columns NULL when the lane has no pending message (the one row of the outer join).
+pub(super) fn lane_batch<R: StoreRow>(rows: &[R]) -> Result<super::outbox::LaneBatch, StoreError> {
+    let enqueued = match rows.first() {
+        Some(row) => row.integer("lane_enqueued", "outbox_lanes.enqueued")?,
+        None => 0,
+    };
+    let mut items = Vec::with_capacity(rows.len());
+    for row in rows {
+        if row.optional_integer("o_id", "outbox.id")?.is_some() {
+            items.push(outbox_item(row)?);
+        }
+    }
+    Ok(super::outbox::LaneBatch { items, enqueued })
 }

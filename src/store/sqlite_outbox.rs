@@ -125,24 +125,20 @@ impl OutboxStore for SqliteStore {
         limit: i64,
     ) -> BoxFuture<'a, Result<LaneBatch, StoreError>> {
         async move {
-            // The count first, then the rows: a row committed in between raises the count past
-            // what is returned, so the lane stays due (see the migration).
-            let enqueued: Option<(i64,)> = sqlx::query_as(
-                "SELECT enqueued FROM outbox_lanes WHERE destination = ? AND lane = ?",
-            )
-            .bind(destination)
-            .bind(lane)
-            .fetch_optional(&self.reader)
-            .await?;
+            // The lane's count and its rows in one statement (one snapshot): every row the
+            // count includes is visible, and a row committed later raises the count past it.
             let rows = sqlx::query(
-                "SELECT o.id AS o_id, o.destination AS o_destination, o.lane AS o_lane, \
-                 o.subscription AS o_subscription, o.mapping AS o_mapping, \
+                "SELECT l.enqueued AS lane_enqueued, o.id AS o_id, o.destination AS o_destination, \
+                 o.lane AS o_lane, o.subscription AS o_subscription, o.mapping AS o_mapping, \
                  o.attempts AS o_attempts, o.created_at AS o_created_at, \
                  e.global_position, e.hospital_id, e.stream_id, e.stream_version, e.event_type, \
                  e.schema_version, e.payload, e.metadata, e.recorded_at \
-                 FROM outbox AS o JOIN events AS e ON e.hospital_id = o.hospital_id \
+                 FROM outbox_lanes AS l \
+                 LEFT JOIN outbox AS o ON o.destination = l.destination AND o.lane = l.lane \
+                   AND o.status = 'pending' \
+                 LEFT JOIN events AS e ON e.hospital_id = o.hospital_id \
                    AND e.stream_id = o.stream_id AND e.stream_version = o.stream_version \
-                 WHERE o.destination = ? AND o.lane = ? AND o.status = 'pending' \
+                 WHERE l.destination = ? AND l.lane = ? \
                  ORDER BY o.id LIMIT ?",
             )
             .bind(destination)
@@ -150,13 +146,7 @@ impl OutboxStore for SqliteStore {
             .bind(limit)
             .fetch_all(&self.reader)
             .await?;
-            Ok(LaneBatch {
-                items: rows
-                    .iter()
-                    .map(rows::outbox_item)
-                    .collect::<Result<_, _>>()?,
-                enqueued: enqueued.map(|(e,)| e).unwrap_or(0),
-            })
+            rows::lane_batch(&rows)
         }
         .boxed()
     }
