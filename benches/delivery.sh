@@ -74,9 +74,10 @@ TOML
   echo "$file"
 }
 
-pending() { # config → pending messages of "his"
-  "$ferry" outbox status --json --config "$1" 2>/dev/null |
-    awk '/"destination": "his"/ {f=1} f && /"pending"/ {gsub(/[^0-9]/, ""); print; exit}' |
+pending() { # config → pending messages of "his" (0 when none are left; "?" when unreadable)
+  local out
+  out=$("$ferry" outbox status --json --config "$1" 2>/dev/null) || { echo "?"; return; }
+  echo "$out" | awk '/"destination": "his"/ {f=1} f && /"pending"/ {gsub(/[^0-9]/, ""); print; exit}' |
     grep . || echo 0
 }
 

@@ -114,9 +114,17 @@ fn parse_age_arg(text: &str) -> Result<std::time::Duration, String> {
 async fn open(config: Option<&std::path::Path>) -> anyhow::Result<(Settings, DynStore)> {
     let settings = Settings::load(config)?;
     ferry::telemetry::init(&settings.log);
-    let store = ferry::app::open_store(&settings)
-        .await
-        .context("cannot open the store")?;
+    // No migration: these commands run beside a live Ferry, which migrated at its start; taking
+    // the migration lock here would only compete with its commits.
+    let store = ferry::store::connect(
+        &settings.store.url,
+        &ferry::store::ConnectOptions {
+            max_connections: 2,
+            ..ferry::store::ConnectOptions::default()
+        },
+    )
+    .await
+    .context("cannot open the store")?;
     Ok((settings, store))
 }
 

@@ -259,7 +259,7 @@ async fn lane_worker(shared: Arc<Shared>, dest: Arc<Destination>, queue: Arc<Lan
                 () = queue.ready.notified() => continue,
             }
         };
-        run_lane(&shared, &dest, &lane, &mut conn).await;
+        run_lane(&shared, &dest, &queue, &lane, &mut conn).await;
         if shared.shutdown.is_cancelled() {
             return;
         }
@@ -267,15 +267,29 @@ async fn lane_worker(shared: Arc<Shared>, dest: Arc<Destination>, queue: Arc<Lan
 }
 
 /// One lane: its messages in order until it is empty, fails, has had its turn, or shutdown.
-async fn run_lane(shared: &Shared, dest: &Destination, lane: &str, conn: &mut Option<Connection>) {
+async fn run_lane(
+    shared: &Shared,
+    dest: &Destination,
+    queue: &LaneQueue,
+    lane: &str,
+    conn: &mut Option<Connection>,
+) {
     let batch = shared.settings.lane_batch;
     let mut sent = 0usize;
     // Some((time, drained)): give the lane back, due from then (drained up to that count, if
     // it ran dry); None: the lane is not ours any more (a recorded attempt released it, or
     // another instance took it over).
     let give_back = 'lane: loop {
-        if shared.shutdown.is_cancelled() || sent >= batch {
+        if shared.shutdown.is_cancelled() {
             break Some((OffsetDateTime::now_utc(), None));
+        }
+        if sent >= batch {
+            if queue.len() == 0 {
+                // Nobody is waiting for a turn: go on with this lane.
+                sent = 0;
+            } else {
+                break Some((OffsetDateTime::now_utc(), None));
+            }
         }
         let next = match shared
             .store
@@ -324,6 +338,10 @@ async fn run_lane(shared: &Shared, dest: &Destination, lane: &str, conn: &mut Op
     };
     if let Some((ready_at, drained)) = give_back {
         release(shared, dest, lane, ready_at, drained).await;
+        if drained.is_none() {
+            // Given back with work left (its turn is over): the claimer takes it up again.
+            dest.wake.notify_one();
+        }
     }
 }
 
