@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# Outbound delivery benchmark, as recorded in BENCHMARKS.md. For SQLite and for PostgreSQL:
-#   1. backlog: MESSAGES synthetic ADT^A01 (one patient each, so as many lanes) are ingested by
-#      `ferry serve` (release) with delivery off: PatientAdmitted events with outbox rows for the
-#      destination `his` (outbound/his_adt_a01);
-#   2. drain: `ferry serve` restarted with delivery on, LANES lanes in parallel, to
-#      `ferry bench sink` (a local ACKing MLLP receiver in its own process); throughput is
-#      MESSAGES / time until the outbox is empty;
-#   3. lag: another MESSAGES ingested while delivery runs; lag per message = ACK recorded −
-#      queued (the outbox rows' finished_at − created_at), p50/p99/max.
-# The peer measured in the same run: `ferry bench mllp` straight to the sink (the most this
-# machine's loopback MLLP round trips allow with the same number of connections).
+# Outbound delivery benchmark, as recorded in BENCHMARKS.md. For SQLite and for PostgreSQL, with
+# `ferry serve` (release) delivering to `ferry bench sink` (a local ACKing MLLP receiver in its own
+# process) over LANES parallel lanes:
+#   1. 16 lanes: MESSAGES synthetic ADT^A01 for 16 patients (so 16 lanes) are ingested with
+#      delivery off (PatientAdmitted events with outbox rows for `his`, outbound/his_adt_a01),
+#      then Ferry is restarted with delivery on; throughput = MESSAGES / time to an empty outbox
+#      (start-up included);
+#   2. lag: another MESSAGES for the same 16 patients ingested while delivery runs; lag per message
+#      = ACK recorded − queued (the outbox rows' finished_at − created_at), p50/p99/max;
+#   3. every message its own patient (MESSAGES lanes of one message each: the most per-lane
+#      overhead), drained as in 1.
+# The peer measured in the same run: `ferry bench mllp` straight to the sink over LANES
+# connections (what loopback MLLP round trips to that receiver allow at all).
 # Usage: benches/delivery.sh [MESSAGES] [LANES]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -87,10 +89,10 @@ lag() { # backend url → "p50 p99 max" in ms over the delivered rows queued aft
   local sql
   if [[ $1 == sqlite* ]]; then
     sqlite3 "${1#sqlite://}" "SELECT (julianday(finished_at) - julianday(created_at)) * 86400000.0 \
-      FROM outbox WHERE status = 'delivered' AND id > $messages ORDER BY 1"
+      FROM outbox WHERE status = 'delivered' AND id > $messages AND id <= 2 * $messages ORDER BY 1"
   else
     psql -qAt "$1" -c "SELECT extract(epoch FROM finished_at - created_at) * 1000 \
-      FROM outbox WHERE status = 'delivered' AND id > $messages ORDER BY 1"
+      FROM outbox WHERE status = 'delivered' AND id > $messages AND id <= 2 * $messages ORDER BY 1"
   fi | awk '{v[NR]=$1} END {if (NR) printf "p50 %.1f ms, p99 %.1f ms, max %.1f ms (%d messages)\n", v[int(NR*0.5)+1], v[int(NR*0.99)+1], v[NR], NR}'
 }
 
@@ -99,25 +101,49 @@ echo "commit: $(git rev-parse --short HEAD)"
 
 sink=$(start sink sink "$ferry" bench sink --listen 127.0.0.1:0 --report-every-secs 60)
 
+# 16 patients: the synthetic A01 with 16 different MRNs and visit numbers.
+mkdir -p "$work/corpus16"
+for i in $(seq 10 25); do
+  printf 'MSH|^~\\&|LOADGEN|FERRY-LAB|FERRY|GW|20261122083000||ADT^A01^ADT_A01|TEMPLATE|P|2.5.1|||AL|NE||UNICODE UTF-8\rEVN|A01|20261122083000\rPID|1||9000%s^^^FERRY&1.2.3.4&ISO^MR||Testpatient^Alex^J^^^^L||19800101|U\rPV1|1|I|WARD1^101^A^FERRY||||1234^Doctor^Dana^^^^MD|||MED||||7|||1234^Doctor^Dana^^^^MD|IN|V9000%s|||||||||||||||||||||||||20261122080000\r' \
+    "$i" "$i" >"$work/corpus16/p$i.hl7"
+done
+
+ingest() { # address, what ("16" or "many"), label
+  local load
+  if [ "$2" = 16 ]; then load=(--corpus "$work/corpus16"); else load=(--vary 900001); fi
+  "$ferry" bench mllp --to "$1" --connections 8 --messages "$messages" "${load[@]}" 2>/dev/null |
+    grep "msg/s" | sed "s/^/  $3: /"
+}
+
+drain() { # config, label: starts the delivering Ferry ("deliver"), waits for an empty outbox
+  local started ended
+  started=$(now_ms)
+  FERRY_LOG=warn start deliver mllp "$ferry" serve --config "$1" >/dev/null
+  while [ "$(pending "$1")" != 0 ]; do sleep 0.1; done
+  ended=$(now_ms)
+  echo "  $2: $messages messages in $(( ended - started )) ms = $(( messages * 1000 / (ended - started) )) msg/s"
+}
+
 bench() { # label, store url
-  local label=$1 url=$2 off on addr started ended
+  local label=$1 url=$2 off on addr
   echo "== $label: $messages messages, $lanes lanes"
   off=$(config "$url" "$sink" false)
+  on=$(config "$url" "$sink" true)
   addr=$(FERRY_LOG=warn start ingest mllp "$ferry" serve --config "$off")
-  "$ferry" bench mllp --to "$addr" --connections 8 --messages "$messages" --vary 700001 |
-    grep -E "msg/s|throughput" | sed 's/^/  backlog ingest: /'
+  ingest "$addr" 16 "backlog ingest, 16 patients"
   stop ingest
   echo "  queued: $(pending "$off")"
-  on=$(config "$url" "$sink" true)
-  started=$(now_ms)
-  addr=$(FERRY_LOG=warn start deliver mllp "$ferry" serve --config "$on")
-  while [ "$(pending "$on")" != 0 ]; do sleep 0.1; done
-  ended=$(now_ms)
-  echo "  drain: $messages messages in $(( ended - started )) ms (start-up included) = $(( messages * 1000 / (ended - started) )) msg/s"
-  "$ferry" bench mllp --to "$addr" --connections 8 --messages "$messages" --vary 800001 |
-    grep -E "msg/s|throughput" | sed 's/^/  ingest while delivering: /'
+  drain "$on" "drain, 16 lanes"
+  addr=$(grep "mllp listening on" "$work/deliver.out" | head -n 1 | awk '{print $NF}')
+  ingest "$addr" 16 "ingest while delivering"
   while [ "$(pending "$on")" != 0 ]; do sleep 0.1; done
   echo "  lag (queued → ACK recorded): $(lag "$url")"
+  stop deliver
+  addr=$(FERRY_LOG=warn start ingest mllp "$ferry" serve --config "$off")
+  ingest "$addr" many "backlog ingest, one patient per message"
+  stop ingest
+  echo "  queued: $(pending "$off")"
+  drain "$on" "drain, one-message lanes"
   stop deliver
 }
 

@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde_json::json;
-use sqlx::{Connection, Sqlite, Transaction};
+use sqlx::{Connection, Row, Sqlite, Transaction};
 use time::OffsetDateTime;
 
 use super::StoreError;
@@ -74,6 +74,51 @@ async fn insert_rows(
     Ok(())
 }
 
+type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
+
+/// Runs `statements` (anonymous `?` parameters, bound in order by `bind`) with
+/// `synchronous = NORMAL`, in one trip to SQLite's worker thread, and sets `FULL` back.
+///
+/// Why: delivery state (leases, "delivered" marks) changes once per message, and an fsync per
+/// change made the shared writer the bottleneck. In WAL mode NORMAL loses nothing when the
+/// process dies (SIGKILL included): the commit is in the WAL. Only a power failure or OS crash may
+/// undo the last such commits before the next FULL commit (any ingest) syncs the WAL; the outbox
+/// row itself was written by that FULL commit, so the worst case is a message sent again.
+async fn relaxed<'q>(
+    conn: &mut sqlx::SqliteConnection,
+    statements: &str,
+    transaction: bool,
+    bind: impl FnOnce(SqliteQuery<'q>) -> SqliteQuery<'q>,
+) -> Result<Vec<sqlx::sqlite::SqliteRow>, StoreError> {
+    let sql = if transaction {
+        format!(
+            "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE; {statements}; COMMIT; \
+             PRAGMA synchronous = FULL;"
+        )
+    } else {
+        format!("PRAGMA synchronous = NORMAL; {statements}; PRAGMA synchronous = FULL;")
+    };
+    let result = bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+        .fetch_all(&mut *conn)
+        .await;
+    match result {
+        Ok(rows) => Ok(rows),
+        Err(err) => {
+            // Leave the connection as ingest needs it: no transaction, synchronous = FULL.
+            if transaction {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            }
+            if let Err(restore) = sqlx::query("PRAGMA synchronous = FULL")
+                .execute(&mut *conn)
+                .await
+            {
+                tracing::error!(error = %restore, "Cannot set synchronous = FULL back on the writer.");
+            }
+            Err(err.into())
+        }
+    }
+}
+
 fn ts(at: OffsetDateTime) -> Result<String, StoreError> {
     format_timestamp(at, "outbox")
 }
@@ -97,22 +142,35 @@ impl OutboxStore for SqliteStore {
             let mut writer = self.writer().await?;
             // Lanes with work are found through a small partial index (enqueued > seen, not
             // blocked), oldest backoff first; leased ones are skipped.
-            let lanes: Vec<(String,)> = sqlx::query_as(
-                "UPDATE outbox_lanes SET lease_owner = ?1, lease_until = ?2 \
-                 WHERE destination = ?3 AND lane IN ( \
+            let rows = relaxed(
+                &mut writer,
+                "UPDATE outbox_lanes SET lease_owner = ?, lease_until = ? \
+                 WHERE destination = ? AND lane IN ( \
                    SELECT lane FROM outbox_lanes \
-                   WHERE destination = ?3 AND enqueued > seen AND blocked = 0 \
-                     AND ready_at <= ?4 AND (lease_owner IS NULL OR lease_until < ?4) \
-                   ORDER BY ready_at LIMIT ?5) \
+                   WHERE destination = ? AND enqueued > seen AND blocked = 0 \
+                     AND ready_at <= ? AND (lease_owner IS NULL OR lease_until < ?) \
+                   ORDER BY ready_at LIMIT ?) \
                  RETURNING lane",
+                false,
+                |q| {
+                    q.bind(owner)
+                        .bind(until)
+                        .bind(destination)
+                        .bind(destination)
+                        .bind(now.clone())
+                        .bind(now)
+                        .bind(limit)
+                },
             )
-            .bind(owner)
-            .bind(until)
-            .bind(destination)
-            .bind(now)
-            .bind(limit)
-            .fetch_all(&mut *writer)
             .await?;
+            let lanes: Vec<(String,)> = rows
+                .iter()
+                .map(|r| {
+                    r.try_get::<String, _>(0)
+                        .map(|l| (l,))
+                        .map_err(|e| StoreError::Corrupt(format!("outbox_lanes.lane: {e}")))
+                })
+                .collect::<Result<_, _>>()?;
             Ok(lanes.into_iter().map(|(l,)| l).collect())
         }
         .boxed()
@@ -157,6 +215,12 @@ impl OutboxStore for SqliteStore {
     ) -> BoxFuture<'a, Result<Vec<bool>, StoreError>> {
         async move {
             let mut writer = self.writer().await?;
+            if attempts
+                .iter()
+                .all(|a| matches!(a.result, AttemptResult::Delivered))
+            {
+                return record_delivered(&mut writer, attempts).await;
+            }
             let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
             let result = record(&mut tx, attempts).await;
             match result {
@@ -449,6 +513,76 @@ impl OutboxStore for SqliteStore {
     }
 }
 
+/// Marks deliveries done and renews (or, for a lane's last message, gives back) their lanes: one
+/// relaxed transaction, one trip (see [`relaxed`]); returns whether each lane was still held.
+async fn record_delivered(
+    conn: &mut sqlx::SqliteConnection,
+    attempts: &[Attempt],
+) -> Result<Vec<bool>, StoreError> {
+    let list = serde_json::Value::Array(
+        attempts
+            .iter()
+            .map(delivered_row)
+            .collect::<Result<Vec<_>, _>>()?,
+    )
+    .to_string();
+    let rows = relaxed(
+        conn,
+        &format!("{MARK_DELIVERED}; {RENEW_LANES}"),
+        true,
+        |q| q.bind(list.clone()).bind(list),
+    )
+    .await?;
+    let mut held_lanes = BTreeSet::new();
+    for row in &rows {
+        let d: String = row
+            .try_get(0)
+            .map_err(|e| StoreError::Corrupt(format!("outbox_lanes: {e}")))?;
+        let l: String = row
+            .try_get(1)
+            .map_err(|e| StoreError::Corrupt(format!("outbox_lanes: {e}")))?;
+        held_lanes.insert((d, l));
+    }
+    Ok(attempts
+        .iter()
+        .map(|a| held_lanes.contains(&(a.destination.clone(), a.lane.clone())))
+        .collect())
+}
+
+/// One delivered attempt as the JSON row [`MARK_DELIVERED`] and [`RENEW_LANES`] read.
+fn delivered_row(a: &Attempt) -> Result<serde_json::Value, StoreError> {
+    Ok(json!([
+        a.id,
+        ts(a.at)?,
+        a.response
+            .as_deref()
+            .map(|r| String::from_utf8_lossy(r).into_owned()),
+        a.destination,
+        a.lane,
+        a.owner,
+        ts(a.lease_until)?,
+        a.release,
+    ]))
+}
+
+/// Marks delivered the rows of a JSON list of [`delivered_row`]s.
+const MARK_DELIVERED: &str = "UPDATE outbox SET status = 'delivered', attempts = attempts + 1, \
+     last_attempt_at = j.value->>1, finished_at = j.value->>1, last_error = NULL, \
+     last_response = CAST(j.value->>2 AS BLOB) \
+     FROM json_each(?) AS j WHERE outbox.id = j.value->>0 AND outbox.status = 'pending'";
+
+/// Renews the lanes of a JSON list of [`delivered_row`]s, or gives back (drained) those whose
+/// row says so; returns the lanes the owner still held. RETURNING may name only the updated
+/// table's columns.
+const RENEW_LANES: &str = "UPDATE outbox_lanes SET \
+       lease_until = CASE WHEN j.value->>7 IS NULL THEN j.value->>6 END, \
+       lease_owner = CASE WHEN j.value->>7 IS NULL THEN lease_owner END, \
+       seen = CASE WHEN j.value->>7 IS NULL THEN seen ELSE max(seen, j.value->>7) END \
+     FROM json_each(?) AS j \
+     WHERE outbox_lanes.destination = j.value->>3 AND outbox_lanes.lane = j.value->>4 \
+       AND outbox_lanes.lease_owner = j.value->>5 \
+     RETURNING destination, lane";
+
 /// The attempts of one [`OutboxStore::record_attempts`] call, inside its transaction. Deliveries
 /// (nearly all of them) go as two statements for the whole list; failures one by one.
 async fn record(
@@ -507,29 +641,14 @@ async fn record(
     }
     if !delivered.is_empty() {
         let list = serde_json::Value::Array(delivered).to_string();
-        sqlx::query(
-            "UPDATE outbox SET status = 'delivered', attempts = attempts + 1, \
-             last_attempt_at = j.value->>1, finished_at = j.value->>1, last_error = NULL, \
-             last_response = CAST(j.value->>2 AS BLOB) \
-             FROM json_each(?1) AS j WHERE outbox.id = j.value->>0 AND outbox.status = 'pending'",
-        )
-        .bind(&list)
-        .execute(&mut **tx)
-        .await?;
-        // RETURNING may name only the updated table's columns: the lanes still held.
-        let renewed: Vec<(String, String)> = sqlx::query_as(
-            "UPDATE outbox_lanes SET \
-               lease_until = CASE WHEN j.value->>7 IS NULL THEN j.value->>6 END, \
-               lease_owner = CASE WHEN j.value->>7 IS NULL THEN lease_owner END, \
-               seen = CASE WHEN j.value->>7 IS NULL THEN seen ELSE max(seen, j.value->>7) END \
-             FROM json_each(?1) AS j \
-             WHERE outbox_lanes.destination = j.value->>3 AND outbox_lanes.lane = j.value->>4 \
-               AND outbox_lanes.lease_owner = j.value->>5 \
-             RETURNING destination, lane",
-        )
-        .bind(&list)
-        .fetch_all(&mut **tx)
-        .await?;
+        sqlx::query(MARK_DELIVERED)
+            .bind(&list)
+            .execute(&mut **tx)
+            .await?;
+        let renewed: Vec<(String, String)> = sqlx::query_as(RENEW_LANES)
+            .bind(&list)
+            .fetch_all(&mut **tx)
+            .await?;
         let lanes_held: BTreeSet<(String, String)> = renewed.into_iter().collect();
         for (i, a) in attempts.iter().enumerate() {
             if matches!(a.result, AttemptResult::Delivered) {
@@ -538,4 +657,54 @@ async fn record(
         }
     }
     Ok(held)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{ConnectOptions, EventStore};
+
+    async fn synchronous(store: &SqliteStore) -> i64 {
+        let mut writer = store.writer().await.expect("writer");
+        let (level,): (i64,) = sqlx::query_as("PRAGMA synchronous")
+            .fetch_one(&mut *writer)
+            .await
+            .expect("pragma");
+        level
+    }
+
+    /// Delivery state is written with `synchronous = NORMAL`, but the shared writer always goes
+    /// back to FULL (2), after a failed statement too: ingest commits rely on it.
+    #[tokio::test]
+    async fn the_writer_is_back_to_full_after_relaxed_writes() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}/ferry.db", dir.path().display());
+        let store = SqliteStore::connect(&url, &ConnectOptions::default())
+            .await
+            .expect("store");
+        store.migrate().await.expect("migrate");
+        assert_eq!(synchronous(&store).await, 2);
+        let now = OffsetDateTime::now_utc();
+        let lanes = store
+            .claim_lanes("his", "me", 4, now, now)
+            .await
+            .expect("claim");
+        assert!(lanes.is_empty());
+        assert_eq!(synchronous(&store).await, 2);
+        {
+            let mut writer = store.writer().await.expect("writer");
+            let failed = relaxed(&mut writer, "UPDATE no_such_table SET x = ?", true, |q| {
+                q.bind(1)
+            })
+            .await;
+            assert!(failed.is_err());
+        }
+        assert_eq!(synchronous(&store).await, 2);
+        let mut writer = store.writer().await.expect("writer");
+        // And no transaction was left open.
+        sqlx::query("BEGIN IMMEDIATE; ROLLBACK")
+            .execute(&mut *writer)
+            .await
+            .expect("no transaction left open");
+    }
 }
