@@ -33,7 +33,6 @@ CREATE TABLE outbox (
 
 CREATE INDEX outbox_pending ON outbox (destination, lane, id) WHERE status = 'pending';
 CREATE INDEX outbox_dead ON outbox (destination, lane, id) WHERE status = 'dead';
-CREATE INDEX outbox_event ON outbox (hospital_id, stream_id, stream_version);
 
 -- One row per lane ever used: lease, backoff, and whether it has work (enqueued > seen; see the
 -- SQLite migration for how the two counters keep a lane from being stranded). `blocked`: its head

@@ -40,8 +40,6 @@ CREATE TABLE outbox (
 CREATE INDEX outbox_pending ON outbox (destination, lane, id) WHERE status = 'pending';
 -- The dead-letter queue; a dead row blocks its lane.
 CREATE INDEX outbox_dead ON outbox (destination, lane, id) WHERE status = 'dead';
--- Replays and "what became of this event".
-CREATE INDEX outbox_event ON outbox (hospital_id, stream_id, stream_version);
 
 -- One row per lane ever used: who is delivering it now (a lease that expires, so a crashed
 -- instance's lanes are taken over), when it may next be tried (backoff after a failure), and

@@ -507,7 +507,8 @@ pub fn backoff(retry: &RetrySettings, attempts: u32) -> Duration {
     half + Duration::from_millis(jitter_ms)
 }
 
-/// Records attempts as they come, batching those that arrive together into one transaction.
+/// Records attempts as they come, batching those that arrive together into one transaction (one
+/// batch at a time: measured, parallel batches on PostgreSQL were no faster, only smaller).
 async fn record_attempts(
     store: DynStore,
     mut rx: mpsc::Receiver<(Attempt, oneshot::Sender<bool>)>,

@@ -137,6 +137,9 @@ const INSERT_BATCH: &str = "WITH inbound AS ( \
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pub(super) pool: PgPool,
+    /// Connections with `synchronous_commit = off`, for delivery state (leases, "delivered"
+    /// marks): see `postgres_outbox.rs` for why that is safe.
+    pub(super) relaxed: PgPool,
 }
 
 impl PostgresStore {
@@ -151,9 +154,14 @@ impl PostgresStore {
             .max_connections(options.max_connections.max(1))
             .test_before_acquire(false)
             .acquire_timeout(options.acquire_timeout)
-            .connect_with(connect_options)
+            .connect_with(connect_options.clone())
             .await?;
-        Ok(Self { pool })
+        let relaxed = PgPoolOptions::new()
+            .max_connections(options.max_connections.clamp(1, 4))
+            .test_before_acquire(false)
+            .acquire_timeout(options.acquire_timeout)
+            .connect_lazy_with(connect_options.options([("synchronous_commit", "off")]));
+        Ok(Self { pool, relaxed })
     }
 
     async fn commit_batch(&self, batch: &[IngestWrite]) -> Result<Vec<IngestOutcome>, StoreError> {

@@ -5,6 +5,13 @@
 //! over once its lease ran out. Lease times are the database's clock, so instances whose clocks
 //! differ cannot steal each other's lanes early. Lists travel as arrays (`UNNEST`), so statement
 //! texts are fixed and stay prepared.
+//!
+//! Delivery state (claims, leases, "delivered" marks) changes once per message, so it is written
+//! on connections with `synchronous_commit = off` (the store's `relaxed` pool): the commit does
+//! not wait for the WAL flush. A Ferry crash loses nothing (the server has the commit); a crash
+//! of the PostgreSQL server itself may undo the last fraction of a second of such commits, so a
+//! message delivered just then is sent again: at least once, as documented. Outbox rows are
+//! written by the ingest commit, which is fully synchronous.
 
 use std::collections::BTreeSet;
 
@@ -54,7 +61,7 @@ impl OutboxStore for PostgresStore {
             .bind(lease)
             .bind(destination)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.relaxed)
             .await?;
             rows.iter()
                 .map(|r| {
@@ -80,15 +87,14 @@ impl OutboxStore for PostgresStore {
                  o.lane AS o_lane, o.subscription AS o_subscription, o.mapping AS o_mapping, \
                  o.attempts AS o_attempts, o.created_at AS o_created_at, \
                  e.global_position, e.hospital_id, e.stream_id, e.stream_version, e.event_type, \
-                 e.schema_version, e.payload::text AS payload, e.metadata::text AS metadata, \
-                 e.recorded_at \
+                 e.schema_version, e.payload::text AS payload, e.metadata::text AS metadata, e.recorded_at \
                  FROM outbox_lanes AS l \
-                 LEFT JOIN outbox AS o ON o.destination = l.destination AND o.lane = l.lane \
-                   AND o.status = 'pending' \
+                 LEFT JOIN (SELECT * FROM outbox WHERE destination = $1 AND lane = $2 \
+                            AND status = 'pending' ORDER BY id LIMIT $3) AS o ON true \
                  LEFT JOIN events AS e ON e.hospital_id = o.hospital_id \
                    AND e.stream_id = o.stream_id AND e.stream_version = o.stream_version \
                  WHERE l.destination = $1 AND l.lane = $2 \
-                 ORDER BY o.id LIMIT $3",
+                 ORDER BY o.id",
             )
             .bind(destination)
             .bind(lane)
@@ -113,7 +119,7 @@ impl OutboxStore for PostgresStore {
             let mut rows = Vec::new();
             if delivered.len() == attempts.len() {
                 // Deliveries only (nearly always): one statement, its own transaction.
-                rows = delivered_query(&delivered).fetch_all(&self.pool).await?;
+                rows = delivered_query(&delivered).fetch_all(&self.relaxed).await?;
             } else {
                 let mut tx = self.pool.begin().await?;
                 if !delivered.is_empty() {
@@ -189,7 +195,7 @@ impl OutboxStore for PostgresStore {
             )
             .bind(lease)
             .bind(owner)
-            .execute(&self.pool)
+            .execute(&self.relaxed)
             .await?;
             Ok(done.rows_affected())
         }
@@ -215,7 +221,7 @@ impl OutboxStore for PostgresStore {
             .bind(lane)
             .bind(owner)
             .bind(drained)
-            .execute(&self.pool)
+            .execute(&self.relaxed)
             .await?;
             Ok(())
         }

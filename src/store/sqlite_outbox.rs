@@ -192,12 +192,12 @@ impl OutboxStore for SqliteStore {
                  e.global_position, e.hospital_id, e.stream_id, e.stream_version, e.event_type, \
                  e.schema_version, e.payload, e.metadata, e.recorded_at \
                  FROM outbox_lanes AS l \
-                 LEFT JOIN outbox AS o ON o.destination = l.destination AND o.lane = l.lane \
-                   AND o.status = 'pending' \
+                 LEFT JOIN (SELECT * FROM outbox WHERE destination = ?1 AND lane = ?2 \
+                            AND status = 'pending' ORDER BY id LIMIT ?3) AS o ON true \
                  LEFT JOIN events AS e ON e.hospital_id = o.hospital_id \
                    AND e.stream_id = o.stream_id AND e.stream_version = o.stream_version \
-                 WHERE l.destination = ? AND l.lane = ? \
-                 ORDER BY o.id LIMIT ?",
+                 WHERE l.destination = ?1 AND l.lane = ?2 \
+                 ORDER BY o.id",
             )
             .bind(destination)
             .bind(lane)
