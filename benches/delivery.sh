@@ -85,6 +85,16 @@ pending() { # config → pending messages of "his" (0 when none are left; "?" wh
 
 now_ms() { date +%s%3N; }
 
+span() { # store url, first id, last id → ms from the first to the last ACK recorded of those rows
+  if [[ $1 == sqlite* ]]; then
+    sqlite3 "${1#sqlite://}" "SELECT CAST((julianday(max(finished_at)) - julianday(min(finished_at))) \
+      * 86400000 AS INTEGER) FROM outbox WHERE id BETWEEN $2 AND $3"
+  else
+    psql -qAt "$1" -c "SELECT (extract(epoch FROM max(finished_at) - min(finished_at)) * 1000)::bigint \
+      FROM outbox WHERE id BETWEEN $2 AND $3"
+  fi
+}
+
 lag() { # backend url → "p50 p99 max" in ms over the delivered rows queued after the backlog
   local sql
   if [[ $1 == sqlite* ]]; then
@@ -115,13 +125,15 @@ ingest() { # address, what ("16" or "many"), label
     grep "msg/s" | sed "s/^/  $3: /"
 }
 
-drain() { # config, label: starts the delivering Ferry ("deliver"), waits for an empty outbox
-  local started ended
+drain() { # config, url, first id, label: starts the delivering Ferry ("deliver"), waits for an
+  # empty outbox; reports the first-to-last-ACK time and, in brackets, the time with start-up
+  local started ended took
   started=$(now_ms)
   FERRY_LOG=warn start deliver mllp "$ferry" serve --config "$1" >/dev/null
   while [ "$(pending "$1")" != 0 ]; do sleep 0.1; done
   ended=$(now_ms)
-  echo "  $2: $messages messages in $(( ended - started )) ms = $(( messages * 1000 / (ended - started) )) msg/s"
+  took=$(span "$2" "$3" $(( $3 + messages - 1 )))
+  echo "  $4: $messages messages in $took ms = $(( messages * 1000 / took )) msg/s (first to last ACK; $(( ended - started )) ms with start-up = $(( messages * 1000 / (ended - started) )) msg/s)"
 }
 
 bench() { # label, store url
@@ -133,7 +145,7 @@ bench() { # label, store url
   ingest "$addr" 16 "backlog ingest, 16 patients"
   stop ingest
   echo "  queued: $(pending "$off")"
-  drain "$on" "drain, 16 lanes"
+  drain "$on" "$url" 1 "drain, 16 lanes"
   addr=$(grep "mllp listening on" "$work/deliver.out" | head -n 1 | awk '{print $NF}')
   ingest "$addr" 16 "ingest while delivering"
   while [ "$(pending "$on")" != 0 ]; do sleep 0.1; done
@@ -143,7 +155,7 @@ bench() { # label, store url
   ingest "$addr" many "backlog ingest, one patient per message"
   stop ingest
   echo "  queued: $(pending "$off")"
-  drain "$on" "drain, one-message lanes"
+  drain "$on" "$url" $(( 2 * messages + 1 )) "drain, one-message lanes"
   stop deliver
 }
 
