@@ -137,6 +137,9 @@ fn charset(label: &str, what: &str) -> Result<Charset, AppError> {
 impl App {
     /// Opens the store (migrating it), binds every listener and starts serving.
     pub async fn start(settings: &Settings) -> Result<App, AppError> {
+        // The recorder first: metrics set during start-up (the active mapping version, the
+        // delivery gauges) would otherwise go to the no-op recorder and be lost.
+        let metrics = crate::telemetry::metrics_handle();
         let authenticator = match &settings.auth {
             AuthMode::None => {
                 tracing::warn!(
@@ -271,7 +274,7 @@ impl App {
             store: store.clone(),
             listeners_up: listeners_up.clone(),
             mappings: mappings.clone(),
-            metrics: crate::telemetry::metrics_handle(),
+            metrics,
         })
         .nest(
             "/fhir",

@@ -848,3 +848,35 @@ async fn mllp_over_tls() {
     );
     app.shutdown().await;
 }
+
+/// Metrics per destination: attempts by outcome, failures by reason, latency, queue depth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_metrics_per_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let his = MllpReceiver::start().await;
+    his.answer_in_turn(vec![MllpAnswer::Garbage, MllpAnswer::Ack(AckCode::AA)]);
+    let mut s = settings(&format!("sqlite://{}/ferry.db", dir.path().display()));
+    s.destinations = vec![mllp_destination("metered", his.addr())];
+    s.subscriptions = vec![subscription(
+        "metered",
+        &["PatientUpdated"],
+        "outbound/his_adt_a08",
+    )];
+    let app = App::start(&s).await.unwrap();
+    send_all(&app, &[a08("M1", 1)]).await;
+    wait_outbox(&app.store, "metered", 0, 0).await;
+    let (status, body) = common::http_get(app.http_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    for expected in [
+        "ferry_delivery_attempts_total{destination=\"metered\",outcome=\"delivered\"} 1",
+        "ferry_delivery_attempts_total{destination=\"metered\",outcome=\"retry\"} 1",
+        "ferry_delivery_failures_total{destination=\"metered\",reason=\"garbage\"} 1",
+        "ferry_delivery_latency_seconds",
+        "ferry_delivery_send_seconds",
+        "ferry_outbox_depth{destination=\"metered\"}",
+        "ferry_outbox_oldest_age_seconds{destination=\"metered\"}",
+    ] {
+        assert!(body.contains(expected), "{expected} missing from:\n{body}");
+    }
+    app.shutdown().await;
+}

@@ -127,7 +127,8 @@ impl Delivery {
         let mut tasks = JoinSet::new();
         tasks.spawn(record_attempts(store.clone(), records));
         tasks.spawn(heartbeat(shared.clone()));
-        tasks.spawn(publish_depth(store, shutdown.clone()));
+        let names = destinations.iter().map(|d| d.name().to_owned()).collect();
+        tasks.spawn(publish_depth(store, names, shutdown.clone()));
         for d in built {
             tasks.spawn(dispatch(shared.clone(), d));
         }
@@ -566,8 +567,9 @@ async fn heartbeat(shared: Arc<Shared>) {
 }
 
 /// Queue depth, dead letters and the oldest pending age per destination, as gauges.
-async fn publish_depth(store: DynStore, shutdown: CancellationToken) {
-    let mut known: HashMap<String, ()> = HashMap::new();
+async fn publish_depth(store: DynStore, destinations: Vec<String>, shutdown: CancellationToken) {
+    // Every configured destination shows from the start (zeros until something is queued).
+    let mut known: HashMap<String, ()> = destinations.into_iter().map(|d| (d, ())).collect();
     loop {
         if let Ok(status) = store.outbox().outbox_status().await {
             let now = OffsetDateTime::now_utc();
