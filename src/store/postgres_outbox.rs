@@ -349,30 +349,12 @@ impl OutboxStore for PostgresStore {
         filter: &'a DlqFilter,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        async move {
-            let sql = format!(
-                "WITH retried AS ( \
-                   UPDATE outbox SET status = 'pending', attempts = 0, finished_at = NULL \
-                   WHERE {DLQ_WHERE} RETURNING destination, lane \
-                 ), lanes AS ( \
-                   UPDATE outbox_lanes AS l SET ready_at = $5, blocked = false \
-                   FROM (SELECT DISTINCT destination, lane FROM retried) AS r \
-                   WHERE l.destination = r.destination AND l.lane = r.lane \
-                 ) SELECT count(*) FROM retried"
-            );
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(filter.id)
-                .bind(filter.destination.as_deref())
-                .bind(filter.dead_before)
-                .bind(filter.hospital_id.as_deref())
-                .bind(now)
-                .fetch_one(&self.pool)
-                .await?;
-            let count: i64 = row
-                .try_get(0)
-                .map_err(|e| StoreError::Corrupt(format!("outbox: {e}")))?;
-            Ok(u64::try_from(count).unwrap_or(0))
-        }
+        // Back at the head of its lane, attempts from zero.
+        self.dlq_act(
+            "status = 'pending', attempts = 0, finished_at = NULL",
+            filter,
+            now,
+        )
         .boxed()
     }
 
@@ -381,32 +363,8 @@ impl OutboxStore for PostgresStore {
         filter: &'a DlqFilter,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        async move {
-            // The lanes move on: their next message (if any) is due now.
-            let sql = format!(
-                "WITH discarded AS ( \
-                   UPDATE outbox SET status = 'discarded', finished_at = $5 WHERE {DLQ_WHERE} \
-                   RETURNING destination, lane \
-                 ), lanes AS ( \
-                   UPDATE outbox_lanes AS l SET ready_at = $5, blocked = false \
-                   FROM (SELECT DISTINCT destination, lane FROM discarded) AS r \
-                   WHERE l.destination = r.destination AND l.lane = r.lane \
-                 ) SELECT count(*) FROM discarded"
-            );
-            let row = sqlx::query(sqlx::AssertSqlSafe(sql))
-                .bind(filter.id)
-                .bind(filter.destination.as_deref())
-                .bind(filter.dead_before)
-                .bind(filter.hospital_id.as_deref())
-                .bind(now)
-                .fetch_one(&self.pool)
-                .await?;
-            let count: i64 = row
-                .try_get(0)
-                .map_err(|e| StoreError::Corrupt(format!("outbox: {e}")))?;
-            Ok(u64::try_from(count).unwrap_or(0))
-        }
-        .boxed()
+        self.dlq_act("status = 'discarded', finished_at = $5", filter, now)
+            .boxed()
     }
 
     fn delivered_after<'a>(
@@ -428,6 +386,39 @@ impl OutboxStore for PostgresStore {
             rows.iter().map(rows::delivered_row).collect()
         }
         .boxed()
+    }
+}
+
+impl PostgresStore {
+    /// Sets `set` (which may use `$5`, the time now) on the dead letters matching `filter`, and
+    /// unblocks their lanes, due now: what retry and discard share. Returns how many.
+    async fn dlq_act(
+        &self,
+        set: &str,
+        filter: &DlqFilter,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let sql = format!(
+            "WITH acted AS ( \
+               UPDATE outbox SET {set} WHERE {DLQ_WHERE} RETURNING destination, lane \
+             ), lanes AS ( \
+               UPDATE outbox_lanes AS l SET ready_at = $5, blocked = false \
+               FROM (SELECT DISTINCT destination, lane FROM acted) AS r \
+               WHERE l.destination = r.destination AND l.lane = r.lane \
+             ) SELECT count(*) FROM acted"
+        );
+        let row = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(filter.id)
+            .bind(filter.destination.as_deref())
+            .bind(filter.dead_before)
+            .bind(filter.hospital_id.as_deref())
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?;
+        let count: i64 = row
+            .try_get(0)
+            .map_err(|e| StoreError::Corrupt(format!("outbox: {e}")))?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 }
 

@@ -394,48 +394,12 @@ impl OutboxStore for SqliteStore {
         filter: &'a DlqFilter,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        async move {
-            let now = ts(now)?;
-            let mut writer = self.writer().await?;
-            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-            let result = async {
-                let sql = format!(
-                    "UPDATE outbox SET status = 'pending', attempts = 0, finished_at = NULL \
-                     WHERE {DLQ_WHERE} RETURNING destination, lane"
-                );
-                let lanes: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(filter.id)
-                    .bind(filter.destination.as_deref())
-                    .bind(filter.dead_before.map(ts).transpose()?)
-                    .bind(filter.hospital_id.as_deref())
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let count = lanes.len() as u64;
-                let unique: BTreeSet<(String, String)> = lanes.into_iter().collect();
-                let list = serde_json::to_string(&unique.into_iter().collect::<Vec<_>>())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                sqlx::query(
-                    "UPDATE outbox_lanes SET ready_at = ?1, blocked = 0 FROM json_each(?2) AS j \
-                     WHERE outbox_lanes.destination = j.value->>0 AND outbox_lanes.lane = j.value->>1",
-                )
-                .bind(&now)
-                .bind(list)
-                .execute(&mut *tx)
-                .await?;
-                Ok::<_, StoreError>(count)
-            }
-            .await;
-            match result {
-                Ok(count) => {
-                    tx.commit().await?;
-                    Ok(count)
-                }
-                Err(e) => {
-                    let _ = tx.rollback().await;
-                    Err(e)
-                }
-            }
-        }
+        // Back at the head of its lane, attempts from zero.
+        self.dlq_act(
+            "status = 'pending', attempts = 0, finished_at = NULL",
+            filter,
+            now,
+        )
         .boxed()
     }
 
@@ -444,51 +408,8 @@ impl OutboxStore for SqliteStore {
         filter: &'a DlqFilter,
         now: OffsetDateTime,
     ) -> BoxFuture<'a, Result<u64, StoreError>> {
-        async move {
-            let now = ts(now)?;
-            let mut writer = self.writer().await?;
-            let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-            let result = async {
-                let sql = format!(
-                    "UPDATE outbox SET status = 'discarded', finished_at = ?5 WHERE {DLQ_WHERE} \
-                     RETURNING destination, lane"
-                );
-                let lanes: Vec<(String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-                    .bind(filter.id)
-                    .bind(filter.destination.as_deref())
-                    .bind(filter.dead_before.map(ts).transpose()?)
-                    .bind(filter.hospital_id.as_deref())
-                    .bind(&now)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                let count = lanes.len() as u64;
-                let unique: BTreeSet<(String, String)> = lanes.into_iter().collect();
-                let list = serde_json::to_string(&unique.into_iter().collect::<Vec<_>>())
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                // The lane moves on: its next message (if any) is due now.
-                sqlx::query(
-                    "UPDATE outbox_lanes SET ready_at = ?1, blocked = 0 FROM json_each(?2) AS j \
-                     WHERE outbox_lanes.destination = j.value->>0 AND outbox_lanes.lane = j.value->>1",
-                )
-                .bind(&now)
-                .bind(list)
-                .execute(&mut *tx)
-                .await?;
-                Ok::<_, StoreError>(count)
-            }
-            .await;
-            match result {
-                Ok(count) => {
-                    tx.commit().await?;
-                    Ok(count)
-                }
-                Err(e) => {
-                    let _ = tx.rollback().await;
-                    Err(e)
-                }
-            }
-        }
-        .boxed()
+        self.dlq_act("status = 'discarded', finished_at = ?5", filter, now)
+            .boxed()
     }
 
     fn delivered_after<'a>(
@@ -582,6 +503,59 @@ const RENEW_LANES: &str = "UPDATE outbox_lanes SET \
      WHERE outbox_lanes.destination = j.value->>3 AND outbox_lanes.lane = j.value->>4 \
        AND outbox_lanes.lease_owner = j.value->>5 \
      RETURNING destination, lane";
+
+impl SqliteStore {
+    /// Sets `set` (which may use `?5`, the time now) on the dead letters matching `filter`, and
+    /// unblocks their lanes, due now: what retry and discard share. Returns how many.
+    async fn dlq_act(
+        &self,
+        set: &str,
+        filter: &DlqFilter,
+        now: OffsetDateTime,
+    ) -> Result<u64, StoreError> {
+        let now = ts(now)?;
+        let mut writer = self.writer().await?;
+        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+        let result = async {
+            let sql =
+                format!("UPDATE outbox SET {set} WHERE {DLQ_WHERE} RETURNING destination, lane");
+            let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(filter.id)
+                .bind(filter.destination.as_deref())
+                .bind(filter.dead_before.map(ts).transpose()?)
+                .bind(filter.hospital_id.as_deref());
+            // SQLite counts parameters up to the highest one the statement names.
+            if set.contains("?5") {
+                query = query.bind(&now);
+            }
+            let lanes: Vec<(String, String)> = query.fetch_all(&mut *tx).await?;
+            let count = lanes.len() as u64;
+            let unique: BTreeSet<(String, String)> = lanes.into_iter().collect();
+            let list = serde_json::to_string(&unique.into_iter().collect::<Vec<_>>())
+                .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "UPDATE outbox_lanes SET ready_at = ?1, blocked = 0 FROM json_each(?2) AS j \
+                 WHERE outbox_lanes.destination = j.value->>0 AND outbox_lanes.lane = j.value->>1",
+            )
+            .bind(&now)
+            .bind(list)
+            .execute(&mut *tx)
+            .await?;
+            Ok::<_, StoreError>(count)
+        }
+        .await;
+        match result {
+            Ok(count) => {
+                tx.commit().await?;
+                Ok(count)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+}
 
 /// The attempts of one [`OutboxStore::record_attempts`] call, inside its transaction. Deliveries
 /// (nearly all of them) go as two statements for the whole list; failures one by one.
