@@ -12,7 +12,7 @@ use tokio_util::codec::Framed;
 
 use super::settings::{AeAction, MllpDestination, TlsSettings};
 use super::{Failure, FailureKind};
-use crate::hl7::Message;
+use crate::hl7::ack::{AckCode, summarize_ack};
 use crate::mllp::codec::{Frame, MllpCodec};
 
 /// Largest answer read from a receiver (an ACK is a few hundred bytes).
@@ -179,51 +179,40 @@ pub fn judge(answer: &[u8], control_id: &str, on_ae: AeAction) -> Result<(), Fai
         )
     };
     let text = std::str::from_utf8(answer).map_err(|_| garbage("not text"))?;
-    let message = Message::parse(text).map_err(|e| garbage(&e.to_string()))?;
-    let msa = message
-        .segment("MSA")
-        .ok_or_else(|| garbage("no MSA segment"))?;
-    let field = |n: usize| {
-        msa.field(n)
-            .map(|f| f.decoded().into_owned())
-            .unwrap_or_default()
-    };
-    let code = field(1);
-    let acked = field(2);
-    if acked != control_id {
+    let ack = summarize_ack(text).ok_or_else(|| garbage("no MSA segment"))?;
+    if ack.control_id != control_id {
         return Err(Failure::transient(
             FailureKind::WrongControlId,
-            format!("the ACK names control id {acked:?}, but {control_id:?} was sent"),
+            format!(
+                "the ACK names control id {:?}, but {control_id:?} was sent",
+                ack.control_id
+            ),
         ));
     }
-    // The receiver's own words: ERR-8 (user message) or ERR-7 (diagnostic information) of 2.5+,
-    // else MSA-3 (the text message of older versions).
-    let reason = message
-        .segment("ERR")
-        .and_then(|e| {
-            [8, 7]
-                .into_iter()
-                .filter_map(|n| e.field(n))
-                .map(|f| f.decoded().into_owned())
-                .find(|s| !s.is_empty())
-        })
-        .or_else(|| Some(field(3)).filter(|s| !s.is_empty()))
+    // The receiver's own words (ERR-8 or ERR-7, else MSA-3).
+    let reason = ack
+        .diagnostics
+        .iter()
+        .find(|d| !d.is_empty())
         .map(|r| format!(": {r}"))
         .unwrap_or_default();
-    match code.as_str() {
-        "AA" | "CA" => Ok(()),
-        "AE" | "CE" => {
-            let text = format!("the receiver answered {code} (application error){reason}");
+    let code = ack.code.ok_or_else(|| garbage("MSA-1 is not an acknowledgment code"))?;
+    match code {
+        AckCode::AA | AckCode::CA => Ok(()),
+        AckCode::AE | AckCode::CE => {
+            let text = format!(
+                "the receiver answered {} (application error){reason}",
+                code.as_str()
+            );
             Err(match on_ae {
                 AeAction::Retry => Failure::transient(FailureKind::Rejected, text),
                 AeAction::DeadLetter => Failure::permanent(FailureKind::Rejected, text),
             })
         }
-        "AR" | "CR" => Err(Failure::permanent(
+        AckCode::AR | AckCode::CR => Err(Failure::permanent(
             FailureKind::Rejected,
-            format!("the receiver answered {code} (rejected){reason}"),
+            format!("the receiver answered {} (rejected){reason}", code.as_str()),
         )),
-        other => Err(garbage(&format!("MSA-1 is {other:?}"))),
     }
 }
 

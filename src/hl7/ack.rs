@@ -590,7 +590,8 @@ pub struct AckSummary {
     pub error_codes: Vec<String>,
     /// ERR-2 raw values.
     pub error_locations: Vec<String>,
-    /// ERR-8 raw values (or MSA-3 when there is no ERR).
+    /// Per ERR segment, ERR-8 (user message) or, when that is empty, ERR-7 (diagnostic
+    /// information), decoded; MSA-3 when there is no ERR.
     pub diagnostics: Vec<String>,
 }
 
@@ -617,8 +618,11 @@ pub fn summarize_ack(text: &str) -> Option<AckSummary> {
         summary.error_codes.push(code);
         summary.error_locations.push(value(&seg, 2));
         summary.diagnostics.push(
-            seg.field(8)
+            [8, 7]
+                .into_iter()
+                .filter_map(|n| seg.field(n))
                 .map(|f| f.decoded().into_owned())
+                .find(|d| !d.is_empty())
                 .unwrap_or_default(),
         );
     }
