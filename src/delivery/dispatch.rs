@@ -12,7 +12,6 @@
 //!   on); after `max_attempts` or `max_age_secs`, or at once for a permanent failure, the message
 //!   is dead-lettered, which blocks its lane until it is retried or discarded.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,6 +62,29 @@ struct Destination {
     retry: RetrySettings,
     parallel_lanes: usize,
     wake: Arc<Notify>,
+    metrics: DestinationMetrics,
+}
+
+/// The per-message metrics of a destination, registered once (not looked up per message).
+struct DestinationMetrics {
+    delivered: metrics::Counter,
+    retried: metrics::Counter,
+    dead: metrics::Counter,
+    send: metrics::Histogram,
+    latency: metrics::Histogram,
+}
+
+impl DestinationMetrics {
+    fn new(destination: &str) -> Self {
+        let attempts = |outcome: &'static str| metrics::counter!("ferry_delivery_attempts_total", "destination" => destination.to_owned(), "outcome" => outcome);
+        DestinationMetrics {
+            delivered: attempts("delivered"),
+            retried: attempts("retry"),
+            dead: attempts("dead"),
+            send: metrics::histogram!("ferry_delivery_send_seconds", "destination" => destination.to_owned()),
+            latency: metrics::histogram!("ferry_delivery_latency_seconds", "destination" => destination.to_owned()),
+        }
+    }
 }
 
 struct Shared {
@@ -106,6 +128,7 @@ impl Delivery {
                 retry: d.retry().clone(),
                 parallel_lanes: d.parallel_lanes(),
                 wake: router.wake(d.name()),
+                metrics: DestinationMetrics::new(d.name()),
             }));
         }
         let owner = format!(
@@ -404,9 +427,8 @@ async fn attempt(
     };
     let now = OffsetDateTime::now_utc();
     let lease_until = now + Duration::from_secs(shared.settings.lease_secs);
-    let destination = dest.name.clone();
-    metrics::histogram!("ferry_delivery_send_seconds", "destination" => destination.clone())
-        .record(started.elapsed().as_secs_f64());
+    dest.metrics.send.record(started.elapsed().as_secs_f64());
+    let destination = &dest.name;
     let base = Attempt {
         id: item.id,
         destination: destination.clone(),
@@ -421,10 +443,9 @@ async fn attempt(
     };
     match sent {
         Ok(response) => {
-            metrics::counter!("ferry_delivery_attempts_total", "destination" => destination.clone(), "outcome" => "delivered").increment(1);
+            dest.metrics.delivered.increment(1);
             let lag = (now - item.event.recorded_at).as_seconds_f64().max(0.0);
-            metrics::histogram!("ferry_delivery_latency_seconds", "destination" => destination)
-                .record(lag);
+            dest.metrics.latency.record(lag);
             Attempt {
                 response: Some(response),
                 ..base
@@ -433,11 +454,10 @@ async fn attempt(
         Err((failure, response)) => {
             let attempts = u32::try_from(item.attempts).unwrap_or(0).saturating_add(1);
             let result = next_step(&dest.retry, &failure, attempts, item.created_at, now);
-            let outcome = match result {
-                AttemptResult::Dead => "dead",
-                _ => "retry",
-            };
-            metrics::counter!("ferry_delivery_attempts_total", "destination" => destination.clone(), "outcome" => outcome).increment(1);
+            match result {
+                AttemptResult::Dead => dest.metrics.dead.increment(1),
+                _ => dest.metrics.retried.increment(1),
+            }
             metrics::counter!("ferry_delivery_failures_total", "destination" => destination.clone(), "reason" => failure.kind.as_str()).increment(1);
             // The receiver's own words (ERR-8, a response body) may carry patient data: debug only.
             tracing::debug!(destination = %destination, outbox_id = item.id, error = %failure.message, "Delivery attempt failed.");
@@ -568,34 +588,27 @@ async fn heartbeat(shared: Arc<Shared>) {
 
 /// Queue depth, dead letters and the oldest pending age per destination, as gauges.
 async fn publish_depth(store: DynStore, destinations: Vec<String>, shutdown: CancellationToken) {
-    // Every configured destination shows from the start (zeros until something is queued).
-    let mut known: HashMap<String, ()> = destinations.into_iter().map(|d| (d, ())).collect();
+    // Every destination ever shown stays shown: the status lists only those with rows, so one
+    // whose queue emptied (or that never had any) reads as zeros.
+    let mut known: std::collections::BTreeSet<String> = destinations.into_iter().collect();
     loop {
         if let Ok(status) = store.outbox().outbox_status().await {
             let now = OffsetDateTime::now_utc();
-            let mut seen = HashMap::new();
+            let mut values: std::collections::BTreeMap<String, (f64, f64, f64)> =
+                known.iter().map(|d| (d.clone(), (0.0, 0.0, 0.0))).collect();
             for s in status {
-                let d = s.destination.clone();
-                metrics::gauge!("ferry_outbox_depth", "destination" => d.clone())
-                    .set(s.pending as f64);
-                metrics::gauge!("ferry_outbox_dead_letters", "destination" => d.clone())
-                    .set(s.dead as f64);
                 let age = s
                     .oldest_pending_at
                     .map(|t| (now - t).as_seconds_f64().max(0.0))
                     .unwrap_or(0.0);
-                metrics::gauge!("ferry_outbox_oldest_age_seconds", "destination" => d.clone())
-                    .set(age);
-                seen.insert(d, ());
+                known.insert(s.destination.clone());
+                values.insert(s.destination, (s.pending as f64, s.dead as f64, age));
             }
-            // A destination whose queue emptied drops out of the status: show zeros.
-            for d in known.keys().filter(|d| !seen.contains_key(*d)) {
-                metrics::gauge!("ferry_outbox_depth", "destination" => d.clone()).set(0.0);
-                metrics::gauge!("ferry_outbox_dead_letters", "destination" => d.clone()).set(0.0);
-                metrics::gauge!("ferry_outbox_oldest_age_seconds", "destination" => d.clone())
-                    .set(0.0);
+            for (d, (pending, dead, age)) in values {
+                metrics::gauge!("ferry_outbox_depth", "destination" => d.clone()).set(pending);
+                metrics::gauge!("ferry_outbox_dead_letters", "destination" => d.clone()).set(dead);
+                metrics::gauge!("ferry_outbox_oldest_age_seconds", "destination" => d).set(age);
             }
-            known.extend(seen);
         }
         tokio::select! {
             () = shutdown.cancelled() => return,

@@ -196,7 +196,9 @@ pub fn judge(answer: &[u8], control_id: &str, on_ae: AeAction) -> Result<(), Fai
         .find(|d| !d.is_empty())
         .map(|r| format!(": {r}"))
         .unwrap_or_default();
-    let code = ack.code.ok_or_else(|| garbage("MSA-1 is not an acknowledgment code"))?;
+    let code = ack
+        .code
+        .ok_or_else(|| garbage("MSA-1 is not an acknowledgment code"))?;
     match code {
         AckCode::AA | AckCode::CA => Ok(()),
         AckCode::AE | AckCode::CE => {

@@ -140,6 +140,14 @@ impl Router {
             .unwrap_or_else(|| Arc::new(Notify::new()))
     }
 
+    /// Wakes every destination's dispatcher: something was queued (a commit, a DLQ retry, a
+    /// replay).
+    pub fn wake_all(&self) {
+        for notify in self.wake.values() {
+            notify.notify_one();
+        }
+    }
+
     /// The deliveries of one event.
     pub fn deliveries(
         &self,
@@ -169,9 +177,7 @@ impl Route for Router {
     }
 
     fn queued(&self) {
-        for notify in self.wake.values() {
-            notify.notify_one();
-        }
+        self.wake_all();
     }
 }
 

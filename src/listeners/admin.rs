@@ -196,8 +196,7 @@ async fn act(
         Action::Discard => outbox.dlq_discard(&f, now).await?,
     };
     if matches!(action, Action::Retry) && count > 0 {
-        use crate::store::group_commit::Route as _;
-        state.subscriptions.queued();
+        state.subscriptions.wake_all();
     }
     if f.id.is_some() && count == 0 {
         return Err(AdminError(
@@ -314,8 +313,7 @@ async fn replay_range(
     match replay(&state.store, &state.subscriptions, &request).await {
         Ok(queued) => {
             if queued > 0 {
-                use crate::store::group_commit::Route as _;
-                state.subscriptions.queued();
+                state.subscriptions.wake_all();
             }
             Ok(Json(json!({ "queued": queued })).into_response())
         }

@@ -127,6 +127,12 @@ pub(super) fn loaded(row: &impl StoreRow) -> Result<Loaded, StoreError> {
     })
 }
 
+/// `outbox.attempts` (an INTEGER column) as the contract's `i32`.
+fn attempts(row: &impl StoreRow, column: &str) -> Result<i32, StoreError> {
+    i32::try_from(row.integer(column, "outbox.attempts")?)
+        .map_err(|e| StoreError::Corrupt(format!("outbox.attempts: {e}")))
+}
+
 /// A queued message with its event: the outbox columns prefixed `o_`, the event's as
 /// [`event`] reads them.
 pub(super) fn outbox_item(row: &impl StoreRow) -> Result<super::outbox::OutboxItem, StoreError> {
@@ -137,8 +143,7 @@ pub(super) fn outbox_item(row: &impl StoreRow) -> Result<super::outbox::OutboxIt
         lane: row.text("o_lane", "outbox.lane")?,
         subscription: row.text("o_subscription", "outbox.subscription")?,
         mapping: row.text("o_mapping", "outbox.mapping")?,
-        attempts: i32::try_from(row.integer("o_attempts", "outbox.attempts")?)
-            .map_err(|e| StoreError::Corrupt(format!("outbox.attempts: {e}")))?,
+        attempts: attempts(row, "o_attempts")?,
         created_at: row.time("o_created_at", "outbox.created_at")?,
         event: event(row)?,
     })
@@ -156,8 +161,7 @@ pub(super) fn dead_letter(row: &impl StoreRow) -> Result<super::outbox::DeadLett
         event_type: row.text("event_type", "outbox.event_type")?,
         stream_id: row.text("stream_id", "outbox.stream_id")?,
         stream_version: row.integer("stream_version", "outbox.stream_version")?,
-        attempts: i32::try_from(row.integer("attempts", "outbox.attempts")?)
-            .map_err(|e| StoreError::Corrupt(format!("outbox.attempts: {e}")))?,
+        attempts: attempts(row, "attempts")?,
         created_at: row.time("created_at", "outbox.created_at")?,
         dead_at: row.optional_time("finished_at", "outbox.finished_at")?,
         last_error: row.optional_text("last_error", "outbox.last_error")?,
@@ -200,8 +204,7 @@ pub(super) fn delivered_row(
         id: row.integer("id", "outbox.id")?,
         destination: row.text("destination", "outbox.destination")?,
         lane: row.text("lane", "outbox.lane")?,
-        attempts: i32::try_from(row.integer("attempts", "outbox.attempts")?)
-            .map_err(|e| StoreError::Corrupt(format!("outbox.attempts: {e}")))?,
+        attempts: attempts(row, "attempts")?,
         created_at: row.time("created_at", "outbox.created_at")?,
         finished_at: row.time("finished_at", "outbox.finished_at")?,
     })
