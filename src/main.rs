@@ -8,6 +8,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 mod outbox_cli;
+
+/// mimalloc instead of the system allocator: see the note on the dependency in Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 
 use ferry::app::App;

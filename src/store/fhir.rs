@@ -546,27 +546,37 @@ pub(super) trait ProjectionConn: Send {
     ) -> BoxFuture<'_, Result<Vec<RecordedEvent>, StoreError>>;
 }
 
-/// Folds `events` into the read models, inside the caller's transaction. Keys are loaded in
-/// sorted order, so two PostgreSQL transactions lock shared resources in the same order and cannot
-/// deadlock over them.
-pub(super) async fn project(
-    conn: &mut impl ProjectionConn,
-    events: &[EventView<'_>],
-    preconditions: &[&super::Precondition],
-    now: OffsetDateTime,
-) -> Result<(), StoreError> {
-    if events.is_empty() && preconditions.is_empty() {
-        return Ok(());
-    }
+/// What a batch's projection must load before folding its events: the resources the events and
+/// preconditions name (sorted, so two PostgreSQL transactions lock shared resources in the same
+/// order and cannot deadlock over them), and the patients being merged away (every resource of
+/// theirs moves to the survivor).
+pub(super) struct Reads {
+    pub(super) keys: Vec<ResourceKey>,
+    pub(super) patients: Vec<(String, String)>,
+}
+
+pub(super) fn reads(events: &[EventView<'_>], preconditions: &[&super::Precondition]) -> Reads {
     let plan = projections::plan(events.iter().copied());
     let mut keys = plan.keys;
     keys.extend(preconditions.iter().map(|p| p.key.clone()));
     keys.sort();
     keys.dedup();
-    let mut loaded = conn.load_keys(&keys).await?;
-    // Checked on the loaded (on PostgreSQL: locked) rows, so nothing can change them before the
-    // commit. A row that does not exist cannot be locked; a concurrent create of it fails on the
-    // insert and is retried, and then sees the row.
+    Reads {
+        keys,
+        patients: plan.patients,
+    }
+}
+
+/// Checks the preconditions against the `loaded` rows (on PostgreSQL: locked, so nothing can
+/// change them before the commit; a row that does not exist cannot be locked, and a concurrent
+/// create of it fails on the insert and is retried, and then sees the row), then folds `events`
+/// into them. `loaded` may hold more than [`reads`] asked for, and the same row twice.
+pub(super) fn fold(
+    mut loaded: Vec<Loaded>,
+    events: &[EventView<'_>],
+    preconditions: &[&super::Precondition],
+    now: OffsetDateTime,
+) -> Result<Output, StoreError> {
     for p in preconditions {
         let actual = loaded.iter().find(|l| l.key == p.key).map(|l| l.version);
         if actual != p.version {
@@ -579,16 +589,33 @@ pub(super) async fn project(
             });
         }
     }
-    for (tenant, patient) in &plan.patients {
-        loaded.extend(conn.load_patient(tenant, patient).await?);
-    }
     let mut seen = HashSet::new();
     loaded.retain(|l| seen.insert(l.key.clone()));
     let mut projector = Projector::new(now, loaded)?;
     for event in events {
         projector.apply(event)?;
     }
-    conn.write(&projector.finish()?).await
+    Ok(projector.finish()?)
+}
+
+/// Folds `events` into the read models, inside the caller's transaction: [`reads`], loaded
+/// through `conn`, then [`fold`], then written through `conn`.
+pub(super) async fn project(
+    conn: &mut impl ProjectionConn,
+    events: &[EventView<'_>],
+    preconditions: &[&super::Precondition],
+    now: OffsetDateTime,
+) -> Result<(), StoreError> {
+    if events.is_empty() && preconditions.is_empty() {
+        return Ok(());
+    }
+    let reads = reads(events, preconditions);
+    let mut loaded = conn.load_keys(&reads.keys).await?;
+    for (tenant, patient) in &reads.patients {
+        loaded.extend(conn.load_patient(tenant, patient).await?);
+    }
+    let output = fold(loaded, events, preconditions, now)?;
+    conn.write(&output).await
 }
 
 /// Events read per round trip while rebuilding the projections.

@@ -7,9 +7,11 @@
 //! never fails half-way trying to upgrade a read lock — matters when another process opens the file).
 //! Reads use a separate pool and, thanks to WAL, never wait for the writer.
 //!
-//! A batch becomes a handful of statements: one idempotency lookup, one stream-version lookup (only
-//! when the batch has events) and one multi-row INSERT per table, the INSERTs sent together as one
-//! multi-statement query. Group commit only pays off that way.
+//! A batch goes to SQLite in as few trips to sqlx's worker thread as it can: a batch without events
+//! as one multi-statement query (`BEGIN IMMEDIATE`, the INSERTs, `COMMIT`), any other in two (the
+//! transaction opened with every read the batch depends on, then every write with the COMMIT).
+//! Each trip costs thread wake-ups worth more than the statements; group commit only pays off
+//! that way.
 //!
 //! The batch planning shared with the PostgreSQL backend (duplicate detection, version assignment,
 //! input checks) lives in [`plan`] (`store/plan.rs`): plain Rust over the contract's types.
@@ -27,7 +29,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Connection, Row, Sqlite, Transaction};
+use sqlx::{AssertSqlSafe, Connection, Row, Sqlite};
 use time::OffsetDateTime;
 use time::format_description::FormatItem;
 use time::format_description::well_known::Rfc3339;
@@ -38,8 +40,8 @@ use super::fhir::{HistoryQuery, SearchPage, SearchQuery, StoredResource};
 use super::plan::{self, PlannedEvent};
 use super::rows::{self, StoreRow};
 use super::{
-    Backend, ConnectOptions, EventStore, ExpectedVersion, IdempotencyKey, IdempotencyRecord,
-    InboundRecord, IngestOutcome, IngestWrite, RecordedEvent, StoreCounts, StoreError,
+    Backend, ConnectOptions, EventStore, IdempotencyKey, IdempotencyRecord, InboundRecord,
+    IngestOutcome, IngestWrite, RecordedEvent, StoreCounts, StoreError,
 };
 use crate::projections::EventView;
 use crate::projections::ResourceType;
@@ -210,20 +212,7 @@ impl SqliteStore {
         if let Some(outcomes) = self.commit_fast(batch).await? {
             return Ok(outcomes);
         }
-        let mut writer = self.writer().await?;
-        let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
-        match write_batch(&mut tx, batch).await {
-            Ok(outcomes) => {
-                tx.commit().await?;
-                Ok(outcomes)
-            }
-            Err(e) => {
-                // Best effort: if the rollback itself fails the connection is closed, which also
-                // discards the transaction.
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+        self.commit_general(batch).await
     }
 }
 
@@ -239,16 +228,12 @@ impl SqliteStore {
         &self,
         batch: &[IngestWrite],
     ) -> Result<Option<Vec<IngestOutcome>>, StoreError> {
-        let event_count: usize = batch.iter().map(|w| w.events.len()).sum();
         // Events also update the read models, which needs their current rows read first: the
         // general path.
-        if event_count > 0
+        if batch
+            .iter()
+            .any(|w| !w.events.is_empty() || !w.preconditions.is_empty())
             || batch.len() > rows_per_statement(INBOUND_COLUMN_COUNT)
-            || event_count > rows_per_statement(FAST_EVENT_COLUMN_COUNT)
-            || batch
-                .iter()
-                .flat_map(|w| &w.events)
-                .any(|e| e.expected_version != ExpectedVersion::Any)
         {
             return Ok(None);
         }
@@ -261,58 +246,30 @@ impl SqliteStore {
             .collect();
         plan::check_storable(batch)?;
         let now = format_timestamp(OffsetDateTime::now_utc(), "recorded_at")?;
-        let mut sql = String::from("BEGIN IMMEDIATE;\n");
-        sql.push_str(&multi_row_insert(
+        let mut statements = Statements::default();
+        statements.push("BEGIN IMMEDIATE");
+        statements.push(&multi_row_insert(
             "inbound_messages",
             INBOUND_COLUMNS,
             INBOUND_COLUMN_COUNT,
             batch.len(),
         ));
-        sql.push_str(";\n");
+        for w in batch {
+            bind_inbound(&mut statements, &w.inbound)?;
+        }
         if !records.is_empty() {
-            sql.push_str(&multi_row_insert(
+            statements.push(&multi_row_insert(
                 "idempotency",
                 IDEMPOTENCY_COLUMNS,
                 IDEMPOTENCY_COLUMN_COUNT,
                 records.len(),
             ));
-            sql.push_str(";\n");
-        }
-        if event_count > 0 {
-            sql.push_str(&fast_event_insert(event_count));
-            sql.push_str(";\n");
-        }
-        sql.push_str("COMMIT;");
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for w in batch {
-            query = bind_inbound(query, &w.inbound)?;
-        }
-        for r in &records {
-            query = bind_idempotency(query, r, &now);
-        }
-        // Events of one stream within the batch get consecutive versions above the stream's
-        // current one: the offset is counted here, the current version read by the statement.
-        let mut offsets: HashMap<(&str, &str), i64> = HashMap::new();
-        let mut seq = 0_i64;
-        for w in batch {
-            for e in &w.events {
-                let offset = offsets
-                    .entry((w.inbound.hospital_id.as_str(), e.stream_id.as_str()))
-                    .or_insert(0);
-                *offset += 1;
-                seq += 1;
-                query = query
-                    .bind(w.inbound.hospital_id.clone())
-                    .bind(e.stream_id.clone())
-                    .bind(*offset)
-                    .bind(e.event_type.clone())
-                    .bind(e.schema_version)
-                    .bind(json_text(&e.payload, "payload")?)
-                    .bind(json_text(&e.metadata, "metadata")?)
-                    .bind(now.clone())
-                    .bind(seq);
+            for r in &records {
+                bind_idempotency(&mut statements, r, &now)?;
             }
         }
+        statements.push("COMMIT");
+        let query = sqlx::query_with(AssertSqlSafe(statements.sql), statements.args);
         let mut conn = self.writer().await?;
         match query.execute(&mut *conn).await {
             Ok(_) => Ok(Some(vec![IngestOutcome::Stored; batch.len()])),
@@ -328,23 +285,176 @@ impl SqliteStore {
     }
 }
 
-/// Everything of one batch inside the open transaction.
-async fn write_batch(
-    tx: &mut Transaction<'_, Sqlite>,
+/// Trip one of the general path: opens the write transaction and reads everything the batch's
+/// writes depend on, tagged by kind: the idempotency records of its keys (`i`), the current
+/// version of every stream its events append to (`v`), and the read-model rows its events touch
+/// (`r`: by key, and every resource of a patient being merged away). The keys travel as JSON
+/// arrays, so the text never changes and is prepared once.
+const READ_SQL: &str = "BEGIN IMMEDIATE;
+SELECT 'i' AS tag, i.hospital_id, i.sending_application, i.sending_facility, i.control_id, \
+i.content_hash, i.ack, i.inbound_id FROM json_each(?) AS k JOIN idempotency AS i \
+ON i.hospital_id = k.value->>0 AND i.sending_application = k.value->>1 \
+AND i.sending_facility = k.value->>2 AND i.control_id = k.value->>3;
+SELECT 'v' AS tag, k.value->>0 AS hospital_id, k.value->>1 AS stream_id, \
+(SELECT max(e.stream_version) FROM events AS e WHERE e.hospital_id = k.value->>0 \
+AND e.stream_id = k.value->>1) AS stream_version FROM json_each(?) AS k;
+SELECT 'r' AS tag, r.hospital_id, r.resource_type, r.id, r.version_id, r.state \
+FROM json_each(?) AS k JOIN fhir_resources AS r ON r.hospital_id = k.value->>0 \
+AND r.resource_type = k.value->>1 AND r.id = k.value->>2;
+SELECT 'r' AS tag, hospital_id, resource_type, id, version_id, state FROM fhir_resources \
+WHERE (hospital_id, patient_id) IN (SELECT p.value->>0, p.value->>1 FROM json_each(?) AS p);";
+
+/// What [`READ_SQL`] found.
+#[derive(Default)]
+struct BatchReads {
+    existing: Vec<IdempotencyRecord>,
+    versions: HashMap<(String, String), i64>,
+    loaded: Vec<crate::projections::Loaded>,
+}
+
+impl BatchReads {
+    fn from_rows(rows: &[SqliteRow]) -> Result<Self, StoreError> {
+        let mut reads = Self::default();
+        for row in rows {
+            match get::<&str, _>(row, "tag", "tag")? {
+                "i" => reads.existing.push(rows::idempotency(row)?),
+                "v" => {
+                    let version: Option<i64> = get(row, "stream_version", "events.stream_version")?;
+                    reads.versions.insert(
+                        (
+                            get(row, "hospital_id", "events.hospital_id")?,
+                            get(row, "stream_id", "events.stream_id")?,
+                        ),
+                        version.unwrap_or(0),
+                    );
+                }
+                "r" => reads.loaded.push(rows::loaded(row)?),
+                other => return Err(StoreError::Corrupt(format!("unknown read tag {other:?}"))),
+            }
+        }
+        Ok(reads)
+    }
+}
+
+/// One SQL text and its arguments, statement by statement: the writes of a batch and its COMMIT go
+/// to SQLite as one multi-statement query, one trip to sqlx's worker thread. Statements use
+/// anonymous `?` parameters only: SQLite numbers them per statement and sqlx binds each
+/// statement's from where the previous one stopped.
+#[derive(Default)]
+struct Statements {
+    sql: String,
+    args: sqlx::sqlite::SqliteArguments,
+}
+
+impl Statements {
+    fn push(&mut self, sql: &str) {
+        self.sql.push_str(sql);
+        if !sql.trim_end().ends_with(';') {
+            self.sql.push(';');
+        }
+        self.sql.push('\n');
+    }
+
+    /// Appends an argument (sqlx copies it: SQLite arguments are owned).
+    fn bind<'t, T>(&mut self, value: T) -> Result<(), StoreError>
+    where
+        T: sqlx::Encode<'t, Sqlite> + sqlx::Type<Sqlite>,
+    {
+        use sqlx::Arguments as _;
+        self.args
+            .add(value)
+            .map_err(|e| StoreError::Corrupt(format!("cannot bind a value: {e}")))
+    }
+}
+
+impl SqliteStore {
+    /// The general path, in two trips to sqlx's worker thread: [`READ_SQL`] opens the transaction
+    /// and reads, then every write of the batch and the COMMIT go as one query. Each trip costs
+    /// thread wake-ups, which on a busy two-core machine are worth more than the statements: the
+    /// step-by-step version (a trip per lookup, per table and per read-model statement, eight per
+    /// commit) spent most of its time in the scheduler (BENCHMARKS.md).
+    async fn commit_general(
+        &self,
+        batch: &[IngestWrite],
+    ) -> Result<Vec<IngestOutcome>, StoreError> {
+        plan::check_storable(batch)?;
+        // Reads cover every write of the batch; the resends among them, found by the reads, are
+        // then left out. Reading a little more than needed costs nothing in a trip made anyway.
+        let all_views: Vec<EventView<'_>> = batch
+            .iter()
+            .flat_map(|w| w.events.iter().map(|e| e.view(&w.inbound.hospital_id)))
+            .collect();
+        let all_preconditions: Vec<&super::Precondition> =
+            batch.iter().flat_map(|w| &w.preconditions).collect();
+        let wanted = super::fhir::reads(&all_views, &all_preconditions);
+        let json = |values: Vec<serde_json::Value>| serde_json::Value::Array(values).to_string();
+        let keys = json(
+            batch
+                .iter()
+                .filter_map(|w| w.idempotency.as_ref())
+                .map(|r| {
+                    serde_json::json!([
+                        r.key.hospital_id,
+                        r.key.sending_application,
+                        r.key.sending_facility,
+                        r.key.control_id
+                    ])
+                })
+                .collect(),
+        );
+        let all_stored = vec![IngestOutcome::Stored; batch.len()];
+        let streams = json(
+            plan::touched_streams(batch, &all_stored)
+                .into_iter()
+                .map(|(h, s)| serde_json::json!([h, s]))
+                .collect(),
+        );
+        let resources = json(
+            wanted
+                .keys
+                .iter()
+                .map(|k| serde_json::json!([k.tenant, k.resource_type.as_str(), k.id]))
+                .collect(),
+        );
+        let patients = json(
+            wanted
+                .patients
+                .iter()
+                .map(|(t, p)| serde_json::json!([t, p]))
+                .collect(),
+        );
+
+        let mut writer = self.writer().await?;
+        let read = sqlx::query(READ_SQL)
+            .bind(keys)
+            .bind(streams)
+            .bind(resources)
+            .bind(patients)
+            .fetch_all(&mut *writer)
+            .await;
+        let result = match read {
+            Ok(rows) => write_general(&mut writer, batch, &rows).await,
+            Err(e) => Err(e.into()),
+        };
+        if result.is_err() {
+            // Whatever failed, the transaction must not outlive it; a ROLLBACK without one (BEGIN
+            // itself failed) is a harmless error.
+            let _ = sqlx::query("ROLLBACK").execute(&mut *writer).await;
+        }
+        result
+    }
+}
+
+/// Trip two of the general path: plans the batch on what [`READ_SQL`] found, and writes it all
+/// with the COMMIT.
+async fn write_general(
+    conn: &mut SqliteConnection,
     batch: &[IngestWrite],
+    rows: &[SqliteRow],
 ) -> Result<Vec<IngestOutcome>, StoreError> {
-    plan::check_storable(batch)?;
-    let keys: Vec<&IdempotencyKey> = batch
-        .iter()
-        .filter_map(|w| w.idempotency.as_ref().map(|r| &r.key))
-        .collect();
-    let existing = lookup_idempotency(tx, &keys).await?;
-    let outcomes = plan::dedup(batch, &existing);
-
-    let streams = plan::touched_streams(batch, &outcomes);
-    let current = lookup_versions(tx, &streams).await?;
-    let events = plan::assign_versions(batch, &outcomes, &current)?;
-
+    let reads = BatchReads::from_rows(rows)?;
+    let outcomes = plan::dedup(batch, &reads.existing);
+    let events = plan::assign_versions(batch, &outcomes, &reads.versions)?;
     let stored: Vec<&IngestWrite> = batch
         .iter()
         .zip(&outcomes)
@@ -357,52 +467,77 @@ async fn write_batch(
         .collect();
     let at = super::commit_time();
     let now = format_timestamp(at, "recorded_at")?;
-    insert_rows(tx, &stored, &records, &events, &now).await?;
-    super::sqlite_outbox::queue_deliveries(tx, &events, &now).await?;
+
+    let mut statements = Statements::default();
+    for chunk in stored.chunks(rows_per_statement(INBOUND_COLUMN_COUNT)) {
+        statements.push(&multi_row_insert(
+            "inbound_messages",
+            INBOUND_COLUMNS,
+            INBOUND_COLUMN_COUNT,
+            chunk.len(),
+        ));
+        for w in chunk {
+            bind_inbound(&mut statements, &w.inbound)?;
+        }
+    }
+    // The records were looked up under the write lock (BEGIN IMMEDIATE), so none of these keys
+    // can be in the table; one that is fails the query, and the batch with it.
+    for chunk in records.chunks(rows_per_statement(IDEMPOTENCY_COLUMN_COUNT)) {
+        statements.push(&multi_row_insert(
+            "idempotency",
+            IDEMPOTENCY_COLUMNS,
+            IDEMPOTENCY_COLUMN_COUNT,
+            chunk.len(),
+        ));
+        for r in chunk {
+            bind_idempotency(&mut statements, r, &now)?;
+        }
+    }
+    for chunk in events.chunks(rows_per_statement(EVENT_COLUMN_COUNT)) {
+        statements.push(&multi_row_insert(
+            "events",
+            EVENT_COLUMNS,
+            EVENT_COLUMN_COUNT,
+            chunk.len(),
+        ));
+        for e in chunk {
+            bind_event(&mut statements, e, &now)?;
+        }
+    }
+    if let Some(deliveries) = super::sqlite_outbox::delivery_rows(&events) {
+        statements.push(super::sqlite_outbox::QUEUE_SQL);
+        statements.bind(now.clone())?;
+        statements.bind(deliveries.clone())?;
+        statements.bind(now.clone())?;
+        statements.bind(deliveries)?;
+    }
     let views: Vec<EventView<'_>> = events.iter().map(PlannedEvent::view).collect();
     let preconditions: Vec<&super::Precondition> =
         stored.iter().flat_map(|w| &w.preconditions).collect();
-    super::fhir::project(&mut **tx, &views, &preconditions, at).await?;
+    if !views.is_empty() || !preconditions.is_empty() {
+        let output = super::fhir::fold(reads.loaded, &views, &preconditions, at)?;
+        if !output.current.is_empty() || !output.history.is_empty() {
+            statements.push(super::sqlite_fhir::WRITE_SQL);
+            for param in super::sqlite_fhir::write_params(&output)? {
+                statements.bind(param)?;
+            }
+        }
+    }
+    statements.push("COMMIT");
+    sqlx::query_with(AssertSqlSafe(statements.sql), statements.args)
+        .execute(&mut *conn)
+        .await
+        .map_err(|err| map_event_insert_error(err, &events))?;
     Ok(outcomes)
 }
 
-/// Columns bound per event on the fast path: the event columns with a batch offset in place of the
-/// version, and a sequence number that keeps the batch's order in `global_position`.
-const FAST_EVENT_COLUMN_COUNT: usize = 9;
-
-/// Appends events at `ExpectedVersion::Any` in one statement: each row's version is the stream's
-/// current version (read by the statement itself, inside the write transaction) plus its offset
-/// within the batch. SQLite evaluates the SELECT into a temporary table before inserting, so the
-/// subquery sees the versions from before the statement.
-fn fast_event_insert(rows: usize) -> String {
-    let mut sql = format!(
-        "INSERT INTO events ({EVENT_COLUMNS}) SELECT v.column1, v.column2, \
-         COALESCE((SELECT max(e.stream_version) FROM events AS e \
-         WHERE e.hospital_id = v.column1 AND e.stream_id = v.column2), 0) + v.column3, \
-         v.column4, v.column5, v.column6, v.column7, v.column8 FROM (VALUES "
-    );
-    for r in 0..rows {
-        if r > 0 {
-            sql.push(',');
-        }
-        sql.push_str("(?,?,?,?,?,?,?,?,?)");
-    }
-    sql.push_str(") AS v ORDER BY v.column9");
-    sql
-}
-
 /// Rows per statement so that `columns * rows` stays within the bind-parameter limit.
-pub(super) fn rows_per_statement(columns: usize) -> usize {
+fn rows_per_statement(columns: usize) -> usize {
     (MAX_BIND_PARAMS / columns).max(1)
 }
 
 /// `INSERT INTO table (columns) VALUES (?, …), (?, …)` for `rows` rows.
-pub(super) fn multi_row_insert(
-    table: &str,
-    columns: &str,
-    column_count: usize,
-    rows: usize,
-) -> String {
+fn multi_row_insert(table: &str, columns: &str, column_count: usize, rows: usize) -> String {
     let mut sql = format!("INSERT INTO {table} ({columns}) VALUES ");
     sql.reserve(rows * (column_count * 2 + 4));
     for r in 0..rows {
@@ -421,218 +556,48 @@ pub(super) fn multi_row_insert(
     sql
 }
 
-/// The idempotency records of all `keys` present in the store, in one query per chunk (a join on
-/// a VALUES list: SQLite plans `(a, b, c, d) IN (VALUES …)` as a table scan, the join as one primary
-/// key search per key).
-async fn lookup_idempotency(
-    tx: &mut Transaction<'_, Sqlite>,
-    keys: &[&IdempotencyKey],
-) -> Result<Vec<IdempotencyRecord>, StoreError> {
-    let mut found = Vec::new();
-    for chunk in keys.chunks(rows_per_statement(4)) {
-        let mut sql = String::from(
-            "SELECT i.hospital_id, i.sending_application, i.sending_facility, i.control_id, \
-             i.content_hash, i.ack, i.inbound_id FROM (VALUES ",
-        );
-        for n in 0..chunk.len() {
-            sql.push_str(if n == 0 { "(?,?,?,?)" } else { ",(?,?,?,?)" });
-        }
-        sql.push_str(
-            ") AS k CROSS JOIN idempotency AS i ON i.hospital_id = k.column1 \
-             AND i.sending_application = k.column2 AND i.sending_facility = k.column3 \
-             AND i.control_id = k.column4",
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for key in chunk {
-            query = query
-                .bind(key.hospital_id.as_str())
-                .bind(key.sending_application.as_str())
-                .bind(key.sending_facility.as_str())
-                .bind(key.control_id.as_str());
-        }
-        for row in query.fetch_all(&mut **tx).await? {
-            found.push(rows::idempotency(&row)?);
-        }
-    }
-    Ok(found)
+fn bind_inbound(s: &mut Statements, m: &InboundRecord) -> Result<(), StoreError> {
+    s.bind(m.id.hyphenated().to_string())?;
+    s.bind(m.hospital_id.as_str())?;
+    s.bind(m.listener.as_str())?;
+    s.bind(m.peer.as_str())?;
+    s.bind(format_timestamp(m.received_at, "received_at")?)?;
+    s.bind(m.raw.as_slice())?;
+    s.bind(m.decoded.as_deref())?;
+    s.bind(m.charset.as_deref())?;
+    s.bind(m.sending_application.as_deref())?;
+    s.bind(m.sending_facility.as_deref())?;
+    s.bind(m.control_id.as_deref())?;
+    s.bind(m.message_type.as_deref())?;
+    s.bind(m.status.as_str())?;
+    s.bind(m.ack_code.as_deref())?;
+    s.bind(m.error.as_deref())
 }
 
-/// Current version (0 when absent) of each stream, keyed by (hospital_id, stream_id).
-async fn lookup_versions(
-    tx: &mut Transaction<'_, Sqlite>,
-    streams: &[(&str, &str)],
-) -> Result<HashMap<(String, String), i64>, StoreError> {
-    let mut current = HashMap::new();
-    for chunk in streams.chunks(rows_per_statement(2)) {
-        let mut sql = String::from(
-            "SELECT k.column1, k.column2, (SELECT max(e.stream_version) FROM events AS e \
-             WHERE e.hospital_id = k.column1 AND e.stream_id = k.column2) FROM (VALUES ",
-        );
-        for n in 0..chunk.len() {
-            sql.push_str(if n == 0 { "(?,?)" } else { ",(?,?)" });
-        }
-        sql.push_str(") AS k");
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (hospital_id, stream_id) in chunk {
-            query = query.bind(*hospital_id).bind(*stream_id);
-        }
-        for row in query.fetch_all(&mut **tx).await? {
-            let hospital_id: String = get(&row, 0, "events.hospital_id")?;
-            let stream_id: String = get(&row, 1, "events.stream_id")?;
-            let version: Option<i64> = get(&row, 2, "events.stream_version")?;
-            current.insert((hospital_id, stream_id), version.unwrap_or(0));
-        }
-    }
-    Ok(current)
-}
-
-type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments>;
-
-/// Writes the rows: when every table's rows fit one statement (any realistic batch), all inserts go
-/// to SQLite as one multi-statement query, i.e. one trip to sqlx's worker thread instead of three;
-/// otherwise table by table in chunks.
-async fn insert_rows(
-    tx: &mut Transaction<'_, Sqlite>,
-    stored: &[&IngestWrite],
-    records: &[&IdempotencyRecord],
-    events: &[PlannedEvent<'_>],
-    now: &str,
-) -> Result<(), StoreError> {
-    let fits = stored.len() <= rows_per_statement(INBOUND_COLUMN_COUNT)
-        && records.len() <= rows_per_statement(IDEMPOTENCY_COLUMN_COUNT)
-        && events.len() <= rows_per_statement(EVENT_COLUMN_COUNT);
-    if !fits {
-        for chunk in stored.chunks(rows_per_statement(INBOUND_COLUMN_COUNT)) {
-            insert_statements(tx, chunk, &[], &[], now).await?;
-        }
-        for chunk in records.chunks(rows_per_statement(IDEMPOTENCY_COLUMN_COUNT)) {
-            insert_statements(tx, &[], chunk, &[], now).await?;
-        }
-        for chunk in events.chunks(rows_per_statement(EVENT_COLUMN_COUNT)) {
-            insert_statements(tx, &[], &[], chunk, now).await?;
-        }
-        return Ok(());
-    }
-    insert_statements(tx, stored, records, events, now).await
-}
-
-/// One query of up to three multi-row INSERTs (empty tables left out). SQLite binds the `?` of
-/// consecutive statements from one argument list, in order.
-async fn insert_statements(
-    tx: &mut Transaction<'_, Sqlite>,
-    stored: &[&IngestWrite],
-    records: &[&IdempotencyRecord],
-    events: &[PlannedEvent<'_>],
-    now: &str,
-) -> Result<(), StoreError> {
-    let mut sql = String::new();
-    if !stored.is_empty() {
-        sql.push_str(&multi_row_insert(
-            "inbound_messages",
-            INBOUND_COLUMNS,
-            INBOUND_COLUMN_COUNT,
-            stored.len(),
-        ));
-        sql.push_str(";\n");
-    }
-    if !records.is_empty() {
-        sql.push_str(&multi_row_insert(
-            "idempotency",
-            IDEMPOTENCY_COLUMNS,
-            IDEMPOTENCY_COLUMN_COUNT,
-            records.len(),
-        ));
-        // A concurrent writer cannot get in between with BEGIN IMMEDIATE, but if it ever did, the
-        // row count below catches it instead of a constraint error.
-        sql.push_str(" ON CONFLICT DO NOTHING;\n");
-    }
-    if !events.is_empty() {
-        sql.push_str(&multi_row_insert(
-            "events",
-            EVENT_COLUMNS,
-            EVENT_COLUMN_COUNT,
-            events.len(),
-        ));
-        sql.push_str(";\n");
-    }
-    if sql.is_empty() {
-        return Ok(());
-    }
-    let mut query = sqlx::query(AssertSqlSafe(sql));
-    for w in stored {
-        query = bind_inbound(query, &w.inbound)?;
-    }
-    for r in records {
-        query = bind_idempotency(query, r, now);
-    }
-    for e in events {
-        query = bind_event(query, e, now)?;
-    }
-    let affected = match query.execute(&mut **tx).await {
-        Ok(result) => result.rows_affected(),
-        Err(err) => return Err(map_event_insert_error(err, events)),
-    };
-    // Inbound rows and events either all go in or fail the statement; only idempotency records
-    // can be skipped (ON CONFLICT DO NOTHING).
-    let expected = (stored.len() + records.len() + events.len()) as u64;
-    if affected != expected {
-        return Err(StoreError::IdempotencyRace);
-    }
-    Ok(())
-}
-
-fn bind_inbound<'q>(
-    query: SqliteQuery<'q>,
-    m: &InboundRecord,
-) -> Result<SqliteQuery<'q>, StoreError> {
-    Ok(query
-        .bind(m.id.hyphenated().to_string())
-        .bind(m.hospital_id.as_str())
-        .bind(m.listener.as_str())
-        .bind(m.peer.as_str())
-        .bind(format_timestamp(m.received_at, "received_at")?)
-        .bind(m.raw.as_slice())
-        .bind(m.decoded.as_deref())
-        .bind(m.charset.as_deref())
-        .bind(m.sending_application.as_deref())
-        .bind(m.sending_facility.as_deref())
-        .bind(m.control_id.as_deref())
-        .bind(m.message_type.as_deref())
-        .bind(m.status.as_str())
-        .bind(m.ack_code.as_deref())
-        .bind(m.error.as_deref()))
-}
-
-fn bind_idempotency<'q>(
-    query: SqliteQuery<'q>,
+fn bind_idempotency(
+    s: &mut Statements,
     r: &IdempotencyRecord,
     now: &str,
-) -> SqliteQuery<'q> {
-    query
-        .bind(r.key.hospital_id.as_str())
-        .bind(r.key.sending_application.as_str())
-        .bind(r.key.sending_facility.as_str())
-        .bind(r.key.control_id.as_str())
-        .bind(r.content_hash.as_slice())
-        .bind(r.ack.as_slice())
-        .bind(r.inbound_id.hyphenated().to_string())
-        .bind(now.to_owned())
+) -> Result<(), StoreError> {
+    s.bind(r.key.hospital_id.as_str())?;
+    s.bind(r.key.sending_application.as_str())?;
+    s.bind(r.key.sending_facility.as_str())?;
+    s.bind(r.key.control_id.as_str())?;
+    s.bind(r.content_hash.as_slice())?;
+    s.bind(r.ack.as_slice())?;
+    s.bind(r.inbound_id.hyphenated().to_string())?;
+    s.bind(now)
 }
 
-fn bind_event<'q>(
-    query: SqliteQuery<'q>,
-    e: &PlannedEvent<'_>,
-    now: &str,
-) -> Result<SqliteQuery<'q>, StoreError> {
-    Ok(query
-        .bind(e.hospital_id.to_owned())
-        .bind(e.event.stream_id.clone())
-        .bind(e.version)
-        .bind(e.event.event_type.clone())
-        .bind(e.event.schema_version)
-        .bind(json_text(&e.event.payload, "payload")?)
-        .bind(json_text(&e.event.metadata, "metadata")?)
-        .bind(now.to_owned()))
+fn bind_event(s: &mut Statements, e: &PlannedEvent<'_>, now: &str) -> Result<(), StoreError> {
+    s.bind(e.hospital_id)?;
+    s.bind(e.event.stream_id.as_str())?;
+    s.bind(e.version)?;
+    s.bind(e.event.event_type.as_str())?;
+    s.bind(e.event.schema_version)?;
+    s.bind(json_text(&e.event.payload, "payload")?)?;
+    s.bind(json_text(&e.event.metadata, "metadata")?)?;
+    s.bind(now)
 }
 
 /// A unique violation while inserting events means another writer appended to one of the

@@ -60,7 +60,7 @@ async fn load_patient(
 /// and each statement was a trip of its own; on a busy two-core machine both cost more than the
 /// inserts. The search rows of a changed resource are replaced as a whole; a new resource
 /// (version 1) has none to delete.
-const WRITE_SQL: &str = "\
+pub(super) const WRITE_SQL: &str = "\
 INSERT INTO fhir_resources (hospital_id, resource_type, id, version_id, last_updated, patient_id, state, body) \
 SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5, j.value->>6, j.value->>7 \
 FROM json_each(?) AS j WHERE true \
@@ -76,6 +76,20 @@ SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value-
 FROM json_each(?) AS j;";
 
 async fn write(conn: &mut SqliteConnection, output: &Output) -> Result<(), StoreError> {
+    let [resources, changed, history, search] = write_params(output)?;
+    sqlx::query(WRITE_SQL)
+        .bind(resources)
+        .bind(changed)
+        .bind(history)
+        .bind(search)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The four JSON arrays [`WRITE_SQL`] binds, in order: current rows, keys of changed resources
+/// (whose search rows are replaced), history rows and search rows.
+pub(super) fn write_params(output: &Output) -> Result<[String; 4], StoreError> {
     use serde_json::json;
     let key = |k: &ResourceKey| json!([k.tenant, k.resource_type.as_str(), k.id]);
     let mut resources = Vec::with_capacity(output.current.len());
@@ -120,14 +134,7 @@ async fn write(conn: &mut SqliteConnection, output: &Output) -> Result<(), Store
         ]));
     }
     let text = |rows: Vec<serde_json::Value>| serde_json::Value::Array(rows).to_string();
-    sqlx::query(WRITE_SQL)
-        .bind(text(resources))
-        .bind(text(changed))
-        .bind(text(history))
-        .bind(text(search))
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    Ok([text(resources), text(changed), text(history), text(search)])
 }
 
 /// Empties the read models (before a rebuild).

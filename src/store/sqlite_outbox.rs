@@ -22,12 +22,23 @@ use super::plan::PlannedEvent;
 use super::rows;
 use super::sqlite::{SqliteStore, format_timestamp};
 
-/// Queues the deliveries of the events of an ingest batch, inside its transaction.
-pub(super) async fn queue_deliveries(
-    tx: &mut Transaction<'_, Sqlite>,
-    events: &[PlannedEvent<'_>],
-    now: &str,
-) -> Result<(), StoreError> {
+/// Inserts outbox rows and creates (or counts into) their lanes. Binds, in order: the rows
+/// (`[hospital, destination, lane, subscription, mapping, stream, version, type]` each, as a JSON
+/// array, in queue order), the time, and the rows again, the time again; anonymous parameters,
+/// so that it can follow other statements in one query (see `sqlite::commit_general`).
+pub(super) const QUEUE_SQL: &str = "\
+INSERT INTO outbox (hospital_id, destination, lane, subscription, mapping, stream_id, \
+stream_version, event_type, created_at) \
+SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5, \
+j.value->>6, j.value->>7, ? FROM json_each(?) AS j ORDER BY j.key;
+INSERT INTO outbox_lanes (destination, lane, hospital_id, ready_at, enqueued) \
+SELECT j.value->>1, j.value->>2, min(j.value->>0), ?, count(*) FROM json_each(?) AS j \
+WHERE true GROUP BY 1, 2 \
+ON CONFLICT (destination, lane) DO UPDATE SET enqueued = enqueued + excluded.enqueued;";
+
+/// The outbox rows of the events of an ingest batch for [`QUEUE_SQL`]; `None` when no event has
+/// a delivery.
+pub(super) fn delivery_rows(events: &[PlannedEvent<'_>]) -> Option<String> {
     let mut rows = Vec::new();
     for e in events {
         for d in &e.event.deliveries {
@@ -43,34 +54,22 @@ pub(super) async fn queue_deliveries(
             ]));
         }
     }
-    if rows.is_empty() {
-        return Ok(());
-    }
-    insert_rows(tx, rows, now).await
+    (!rows.is_empty()).then(|| serde_json::Value::Array(rows).to_string())
 }
 
-/// Inserts outbox rows (`[hospital, destination, lane, subscription, mapping, stream, version,
-/// type]` each), in order, and creates their lanes.
+/// Inserts outbox rows (JSON, as [`QUEUE_SQL`] takes them), in order, and creates their lanes.
 async fn insert_rows(
     tx: &mut Transaction<'_, Sqlite>,
-    rows: Vec<serde_json::Value>,
+    rows: String,
     now: &str,
 ) -> Result<(), StoreError> {
-    let rows = serde_json::Value::Array(rows).to_string();
-    sqlx::query(
-        "INSERT INTO outbox (hospital_id, destination, lane, subscription, mapping, stream_id, \
-         stream_version, event_type, created_at) \
-         SELECT j.value->>0, j.value->>1, j.value->>2, j.value->>3, j.value->>4, j.value->>5, \
-         j.value->>6, j.value->>7, ?2 FROM json_each(?1) AS j ORDER BY j.key; \
-         INSERT INTO outbox_lanes (destination, lane, hospital_id, ready_at, enqueued) \
-         SELECT j.value->>1, j.value->>2, min(j.value->>0), ?2, count(*) FROM json_each(?1) AS j \
-         WHERE true GROUP BY 1, 2 \
-         ON CONFLICT (destination, lane) DO UPDATE SET enqueued = enqueued + excluded.enqueued",
-    )
-    .bind(rows)
-    .bind(now)
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query(QUEUE_SQL)
+        .bind(now)
+        .bind(rows.as_str())
+        .bind(now)
+        .bind(rows.as_str())
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -293,7 +292,7 @@ impl OutboxStore for SqliteStore {
                 return Ok(0);
             }
             let now = ts(now)?;
-            let rows = deliveries
+            let rows: Vec<serde_json::Value> = deliveries
                 .iter()
                 .map(|r| {
                     json!([
@@ -310,6 +309,7 @@ impl OutboxStore for SqliteStore {
                 .collect();
             let mut writer = self.writer().await?;
             let mut tx = writer.begin_with("BEGIN IMMEDIATE").await?;
+            let rows = serde_json::Value::Array(rows).to_string();
             match insert_rows(&mut tx, rows, &now).await {
                 Ok(()) => {
                     tx.commit().await?;
