@@ -184,17 +184,30 @@ enum BenchCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `serve` sizes its runtime from its settings (`worker_threads`), so they are read first.
+    let serve_settings = match &cli.command {
+        Command::Serve { config } => match Settings::load(config.as_deref()) {
+            Ok(settings) => Some(settings),
+            Err(e) => {
+                eprintln!("ferry: {:#}", anyhow::Error::from(e));
+                return ExitCode::FAILURE;
+            }
+        },
+        _ => None,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(settings) = &serve_settings {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        builder.worker_threads(settings.runtime_threads(cores));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("ferry: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    match runtime.block_on(run(cli, serve_settings)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ferry: {e:#}");
@@ -203,9 +216,12 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn run(cli: Cli, serve_settings: Option<Settings>) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Serve { config } => serve(config).await,
+        Command::Serve { .. } => match serve_settings {
+            Some(settings) => serve(settings).await,
+            None => anyhow::bail!("serve started without its settings"),
+        },
         Command::Migrate { config } => {
             let settings = Settings::load(config.as_deref())?;
             ferry::telemetry::init(&settings.log);
@@ -411,8 +427,7 @@ async fn sink(
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
-    let settings = Settings::load(config.as_deref())?;
+async fn serve(settings: Settings) -> anyhow::Result<ExitCode> {
     ferry::telemetry::init(&settings.log);
     let app = App::start(&settings).await?;
     {
