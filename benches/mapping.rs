@@ -12,6 +12,11 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use ferry::hl7::{DecodeOptions, Message, decode};
 use ferry::mapping::{Mapped, MappingSet};
 
+/// The allocator of the `ferry` binary (`src/main.rs`), so that this measures mapping as ingest
+/// runs it: building and dropping an event is mostly small allocations.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn fixture(name: &str) -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/hl7v2")
