@@ -289,7 +289,10 @@ impl SqliteStore {
 /// writes depend on, tagged by kind: the idempotency records of its keys (`i`), the current
 /// version of every stream its events append to (`v`), and the read-model rows its events touch
 /// (`r`: by key, and every resource of a patient being merged away). The keys travel as JSON
-/// arrays, so the text never changes and is prepared once.
+/// arrays, so the text never changes and is prepared once. Every lookup is a join that starts from
+/// the keys, so that SQLite searches each table by a whole key (`(hospital_id, patient_id) IN
+/// (SELECT …)` was planned as a search by the tenant alone: a read of every resource per batch;
+/// the test `ingest_reads_and_writes_go_through_whole_keys` checks the plans).
 const READ_SQL: &str = "BEGIN IMMEDIATE;
 SELECT 'i' AS tag, i.hospital_id, i.sending_application, i.sending_facility, i.control_id, \
 i.content_hash, i.ack, i.inbound_id FROM json_each(?) AS k JOIN idempotency AS i \
@@ -301,8 +304,9 @@ AND e.stream_id = k.value->>1) AS stream_version FROM json_each(?) AS k;
 SELECT 'r' AS tag, r.hospital_id, r.resource_type, r.id, r.version_id, r.state \
 FROM json_each(?) AS k JOIN fhir_resources AS r ON r.hospital_id = k.value->>0 \
 AND r.resource_type = k.value->>1 AND r.id = k.value->>2;
-SELECT 'r' AS tag, hospital_id, resource_type, id, version_id, state FROM fhir_resources \
-WHERE (hospital_id, patient_id) IN (SELECT p.value->>0, p.value->>1 FROM json_each(?) AS p);";
+SELECT 'r' AS tag, r.hospital_id, r.resource_type, r.id, r.version_id, r.state \
+FROM json_each(?) AS p JOIN fhir_resources AS r ON r.hospital_id = p.value->>0 \
+AND r.patient_id = p.value->>1;";
 
 /// What [`READ_SQL`] found.
 #[derive(Default)]
@@ -892,5 +896,54 @@ impl StoreRow for SqliteRow {
 
     fn optional_integer(&self, column: &str, name: &str) -> Result<Option<i64>, StoreError> {
         get(self, column, name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The query plan of each statement of `sql` (empty JSON arrays bound to its parameters),
+    /// with every step that reads a real table through less than a full key: a `SCAN` of it, or
+    /// a `SEARCH` on the tenant alone. Such a step reads a share of the whole table per batch, which
+    /// grows with the store: ingest got slower with every patient stored until the merged-away
+    /// patients' lookup, written as `(hospital_id, patient_id) IN (SELECT …)`, was found to search
+    /// `fhir_resources` by `hospital_id` alone.
+    async fn wide_reads(store: &SqliteStore, sql: &str) -> Vec<String> {
+        let mut conn = store.writer().await.unwrap();
+        let mut wide = Vec::new();
+        for statement in sql.split(";\n").map(str::trim) {
+            if statement.is_empty() || statement.starts_with("BEGIN") {
+                continue;
+            }
+            let mut query = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {statement}")));
+            for _ in 0..statement.matches('?').count() {
+                query = query.bind("[]");
+            }
+            for row in query.fetch_all(&mut *conn).await.unwrap() {
+                let detail: String = row.get("detail");
+                let scans_table = detail.starts_with("SCAN ") && !detail.contains("VIRTUAL TABLE");
+                if scans_table || detail.ends_with("(hospital_id=?)") {
+                    wide.push(format!("{detail}  in  {statement}"));
+                }
+            }
+        }
+        wide
+    }
+
+    #[tokio::test]
+    async fn ingest_reads_and_writes_go_through_whole_keys() {
+        let store = SqliteStore::connect("sqlite::memory:", &ConnectOptions::default())
+            .await
+            .unwrap();
+        store.migrate().await.unwrap();
+        for sql in [
+            READ_SQL,
+            super::super::sqlite_fhir::WRITE_SQL,
+            super::super::sqlite_outbox::QUEUE_SQL,
+        ] {
+            let wide = wide_reads(&store, sql).await;
+            assert!(wide.is_empty(), "{wide:#?}");
+        }
     }
 }
