@@ -65,5 +65,9 @@ pg_addr=$(FERRY_LOG=warn FERRY_DATABASE_URL="$pg_url" FERRY_MAPPINGS_DIR=mapping
   FERRY_MLLP_LISTEN=127.0.0.1:0 FERRY_HTTP_LISTEN=127.0.0.1:0 start postgres "$ferry" serve)
 run "ferry, PostgreSQL 15 (fsync=on, synchronous_commit=on), mapping on" "$pg_addr"
 
+pg_unmapped_addr=$(FERRY_LOG=warn FERRY_DATABASE_URL="$pg_url" FERRY_MAPPINGS_DIR="$work/no-mappings" \
+  FERRY_MLLP_LISTEN=127.0.0.1:0 FERRY_HTTP_LISTEN=127.0.0.1:0 start postgres-unmapped "$ferry" serve)
+run "ferry, PostgreSQL 15 (fsync=on, synchronous_commit=on), no mappings" "$pg_unmapped_addr"
+
 peer_addr=$(start peer "$work/venv/bin/python" benches/peers/python_hl7_server.py 127.0.0.1 0)
 run "peer: python-hl7 asyncio MLLP server (stores nothing)" "$peer_addr"

@@ -36,8 +36,8 @@ use super::plan::{self, PlannedEvent};
 use super::postgres_fhir;
 use super::rows::{self, StoreRow};
 use super::{
-    Backend, ConnectOptions, EventStore, IdempotencyKey, IdempotencyRecord, InboundRecord,
-    IngestOutcome, IngestWrite, RecordedEvent, StoreCounts, StoreError,
+    Backend, ConnectOptions, EventStore, ExpectedVersion, IdempotencyKey, IdempotencyRecord,
+    InboundRecord, IngestOutcome, IngestWrite, RecordedEvent, StoreCounts, StoreError,
 };
 use crate::projections::EventView;
 use crate::projections::ResourceType;
@@ -64,6 +64,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         4,
         "outbox",
         include_str!("../../migrations/postgres/0004_outbox.sql"),
+    ),
+    (
+        5,
+        "projection_guard",
+        include_str!("../../migrations/postgres/0005_projection_guard.sql"),
     ),
 ];
 
@@ -171,7 +176,16 @@ impl PostgresStore {
         let mut conn = self.pool.acquire().await?;
         // Resends are rare: first try without looking the keys up. The insert statement itself
         // refuses a key already stored (FE001), and then the batch goes the careful way.
-        let optimistic = batch.iter().all(|w| w.events.is_empty()) && !plan::repeats_a_key(batch);
+        // That holds for batches with events too (their transaction is rolled back whole), as
+        // long as nothing but the insert can tell a resend apart: an expected version or a
+        // precondition would fail on the resend's behalf before the insert answers "duplicate".
+        let optimistic = !plan::repeats_a_key(batch)
+            && batch.iter().all(|w| {
+                w.preconditions.is_empty()
+                    && w.events
+                        .iter()
+                        .all(|e| e.expected_version == ExpectedVersion::Any)
+            });
         if optimistic {
             match write_batch(&mut conn, batch, false).await {
                 Ok(outcomes) => return Ok(outcomes),

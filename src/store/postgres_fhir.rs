@@ -69,10 +69,14 @@ async fn load_patient(
     rows.iter().map(rows::loaded).collect()
 }
 
-/// Updates the resources the batch read (locked, so at the version read) and inserts the ones it
-/// created; returns how many rows it wrote. A resource another instance created meanwhile fails the
-/// insert with a unique violation (contention).
-const UPSERT_RESOURCES: &str = "WITH x AS ( \
+/// The whole read-model write of a batch, one statement (one round trip instead of four):
+/// updates the resources the batch read (locked, so at the version read), inserts the ones it
+/// created, replaces the search rows of both and appends the history rows. The sub-statements
+/// see the same snapshot, so the DELETE of a resource's old search rows does not see the new
+/// ones inserted beside it. A resource another instance changed meanwhile is not updated, one it
+/// created meanwhile fails the insert with a unique violation: either way the batch fails as
+/// contention (the check function of migration 0005) and is retried.
+const WRITE_SQL: &str = "WITH x AS ( \
        SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[], \
          $6::text[], $7::text[], $8::text[], $9::int8[]) AS x (h, t, i, v, u, p, s, b, before) \
      ), updated AS ( \
@@ -86,127 +90,69 @@ const UPSERT_RESOURCES: &str = "WITH x AS ( \
          patient_id, state, body) \
        SELECT h, t, i, v, u, p, s, b FROM x WHERE x.before = 0 \
        RETURNING 1 \
+     ), cleared AS ( \
+       DELETE FROM fhir_search AS s USING x \
+       WHERE x.before > 0 AND s.hospital_id = x.h AND s.resource_type = x.t AND s.id = x.i \
+     ), history AS ( \
+       INSERT INTO fhir_history (hospital_id, resource_type, id, version_id, last_updated, body) \
+       SELECT * FROM UNNEST($10::text[], $11::text[], $12::text[], $13::int8[], \
+         $14::timestamptz[], $15::text[]) \
+     ), search AS ( \
+       INSERT INTO fhir_search (hospital_id, resource_type, id, param, system, value, low, high) \
+       SELECT * FROM UNNEST($16::text[], $17::text[], $18::text[], $19::text[], $20::text[], \
+         $21::text[], $22::text[], $23::text[]) \
      ) \
-     SELECT (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted)";
+     SELECT ferry_check_resources_written($24, \
+       (SELECT count(*) FROM updated) + (SELECT count(*) FROM inserted))";
 
 async fn write(conn: &mut PgConnection, output: &Output) -> Result<(), StoreError> {
     if output.current.is_empty() {
         return Ok(());
     }
     let c = &output.current;
-    let col = |f: &dyn Fn(&projections::CurrentRow) -> String| c.iter().map(f).collect::<Vec<_>>();
+    let h = &output.history;
     // Each row's version before this batch: the number of history rows it wrote for it.
     let before: Vec<i64> = c
         .iter()
-        .map(|row| row.version - output.history.iter().filter(|h| h.key == row.key).count() as i64)
+        .map(|row| row.version - h.iter().filter(|x| x.key == row.key).count() as i64)
         .collect();
-    let written = sqlx::query(UPSERT_RESOURCES)
-        .bind(col(&|r| r.key.tenant.clone()))
-        .bind(col(&|r| r.key.resource_type.as_str().to_owned()))
-        .bind(col(&|r| r.key.id.clone()))
-        .bind(c.iter().map(|r| r.version).collect::<Vec<_>>())
-        .bind(c.iter().map(|r| r.last_updated).collect::<Vec<_>>())
-        .bind(c.iter().map(|r| r.patient.clone()).collect::<Vec<_>>())
-        .bind(col(&|r| r.state.clone()))
-        .bind(col(&|r| r.body.clone()))
-        .bind(before)
-        .fetch_one(&mut *conn)
-        .await?;
-    let written: i64 = written
-        .try_get(0)
-        .map_err(|e| StoreError::Corrupt(format!("fhir_resources upsert count: {e}")))?;
-    if written != c.len() as i64 {
-        return Err(StoreError::Contention);
-    }
-    sqlx::query(
-        "DELETE FROM fhir_search AS s USING UNNEST($1::text[], $2::text[], $3::text[]) AS k (h, t, i) \
-         WHERE s.hospital_id = k.h AND s.resource_type = k.t AND s.id = k.i",
-    )
-    .bind(col(&|r| r.key.tenant.clone()))
-    .bind(col(&|r| r.key.resource_type.as_str().to_owned()))
-    .bind(col(&|r| r.key.id.clone()))
-    .execute(&mut *conn)
-    .await?;
-    let h = &output.history;
-    sqlx::query(
-        "INSERT INTO fhir_history (hospital_id, resource_type, id, version_id, last_updated, body) \
-         SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int8[], $5::timestamptz[], \
-           $6::text[])",
-    )
-    .bind(h.iter().map(|r| r.key.tenant.clone()).collect::<Vec<_>>())
-    .bind(
-        h.iter()
-            .map(|r| r.key.resource_type.as_str().to_owned())
-            .collect::<Vec<_>>(),
-    )
-    .bind(h.iter().map(|r| r.key.id.clone()).collect::<Vec<_>>())
-    .bind(h.iter().map(|r| r.version).collect::<Vec<_>>())
-    .bind(h.iter().map(|r| r.last_updated).collect::<Vec<_>>())
-    .bind(h.iter().map(|r| r.body.clone()).collect::<Vec<_>>())
-    .execute(&mut *conn)
-    .await?;
     let entries: Vec<(&ResourceKey, &projections::search::Entry)> = c
         .iter()
         .flat_map(|row| row.search.iter().map(move |e| (&row.key, e)))
         .collect();
-    if !entries.is_empty() {
-        sqlx::query(
-            "INSERT INTO fhir_search (hospital_id, resource_type, id, param, system, value, low, \
-               high) \
-             SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-               $6::text[], $7::text[], $8::text[])",
-        )
-        .bind(
-            entries
-                .iter()
-                .map(|(k, _)| k.tenant.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            entries
-                .iter()
-                .map(|(k, _)| k.resource_type.as_str().to_owned())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            entries
-                .iter()
-                .map(|(k, _)| k.id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            entries
-                .iter()
-                .map(|(_, e)| e.param.to_owned())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            entries
-                .iter()
-                .map(|(_, e)| e.system.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            entries
-                .iter()
-                .map(|(_, e)| e.value.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            entries
-                .iter()
-                .map(|(_, e)| e.low.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            entries
-                .iter()
-                .map(|(_, e)| e.high.clone())
-                .collect::<Vec<_>>(),
-        )
+    fn col<T, U>(rows: &[T], f: impl Fn(&T) -> U) -> Vec<U> {
+        rows.iter().map(f).collect()
+    }
+    let tenant = |k: &ResourceKey| k.tenant.clone();
+    let kind = |k: &ResourceKey| k.resource_type.as_str().to_owned();
+    let id = |k: &ResourceKey| k.id.clone();
+    sqlx::query(WRITE_SQL)
+        .bind(col(c, |r| tenant(&r.key)))
+        .bind(col(c, |r| kind(&r.key)))
+        .bind(col(c, |r| id(&r.key)))
+        .bind(col(c, |r| r.version))
+        .bind(col(c, |r| r.last_updated))
+        .bind(col(c, |r| r.patient.clone()))
+        .bind(col(c, |r| r.state.clone()))
+        .bind(col(c, |r| r.body.clone()))
+        .bind(before)
+        .bind(col(h, |r| tenant(&r.key)))
+        .bind(col(h, |r| kind(&r.key)))
+        .bind(col(h, |r| id(&r.key)))
+        .bind(col(h, |r| r.version))
+        .bind(col(h, |r| r.last_updated))
+        .bind(col(h, |r| r.body.clone()))
+        .bind(col(&entries, |(k, _)| tenant(k)))
+        .bind(col(&entries, |(k, _)| kind(k)))
+        .bind(col(&entries, |(k, _)| id(k)))
+        .bind(col(&entries, |(_, e)| e.param.to_owned()))
+        .bind(col(&entries, |(_, e)| e.system.clone()))
+        .bind(col(&entries, |(_, e)| e.value.clone()))
+        .bind(col(&entries, |(_, e)| e.low.clone()))
+        .bind(col(&entries, |(_, e)| e.high.clone()))
+        .bind(c.len() as i64)
         .execute(&mut *conn)
         .await?;
-    }
     Ok(())
 }
 
