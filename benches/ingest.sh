@@ -3,6 +3,8 @@
 #   ferry serve (release) on SQLite and on PostgreSQL, and python-hl7's asyncio MLLP server (the
 #   peer, which stores nothing), each loaded by `ferry bench mllp` in the same run.
 # Usage: benches/ingest.sh [MESSAGES] [CONNECTIONS]
+#   VARY=900001 benches/ingest.sh …  makes every message a new patient and visit (`--vary`): new
+#   read-model resources per message instead of one patient updated over and over.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 messages=${1:-50000}
@@ -40,7 +42,8 @@ start() { # name, then the command; waits for its "listening on" line
 
 run() { # label, address
   echo "== $1"
-  "$ferry" bench mllp --to "$2" --connections "$connections" --messages "$messages"
+  "$ferry" bench mllp --to "$2" --connections "$connections" --messages "$messages" \
+    ${VARY:+--vary "$VARY"}
 }
 
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -r)"
