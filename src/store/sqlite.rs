@@ -233,7 +233,6 @@ impl SqliteStore {
         if batch
             .iter()
             .any(|w| !w.events.is_empty() || !w.preconditions.is_empty())
-            || batch.len() > rows_per_statement(INBOUND_COLUMN_COUNT)
         {
             return Ok(None);
         }
@@ -248,26 +247,8 @@ impl SqliteStore {
         let now = format_timestamp(OffsetDateTime::now_utc(), "recorded_at")?;
         let mut statements = Statements::default();
         statements.push("BEGIN IMMEDIATE");
-        statements.push(&multi_row_insert(
-            "inbound_messages",
-            INBOUND_COLUMNS,
-            INBOUND_COLUMN_COUNT,
-            batch.len(),
-        ));
-        for w in batch {
-            bind_inbound(&mut statements, &w.inbound)?;
-        }
-        if !records.is_empty() {
-            statements.push(&multi_row_insert(
-                "idempotency",
-                IDEMPOTENCY_COLUMNS,
-                IDEMPOTENCY_COLUMN_COUNT,
-                records.len(),
-            ));
-            for r in &records {
-                bind_idempotency(&mut statements, r, &now)?;
-            }
-        }
+        let writes: Vec<&IngestWrite> = batch.iter().collect();
+        push_inbound(&mut statements, &writes, &records, &now)?;
         statements.push("COMMIT");
         let query = sqlx::query_with(AssertSqlSafe(statements.sql), statements.args);
         let mut conn = self.writer().await?;
@@ -473,30 +454,9 @@ async fn write_general(
     let now = format_timestamp(at, "recorded_at")?;
 
     let mut statements = Statements::default();
-    for chunk in stored.chunks(rows_per_statement(INBOUND_COLUMN_COUNT)) {
-        statements.push(&multi_row_insert(
-            "inbound_messages",
-            INBOUND_COLUMNS,
-            INBOUND_COLUMN_COUNT,
-            chunk.len(),
-        ));
-        for w in chunk {
-            bind_inbound(&mut statements, &w.inbound)?;
-        }
-    }
     // The records were looked up under the write lock (BEGIN IMMEDIATE), so none of these keys
     // can be in the table; one that is fails the query, and the batch with it.
-    for chunk in records.chunks(rows_per_statement(IDEMPOTENCY_COLUMN_COUNT)) {
-        statements.push(&multi_row_insert(
-            "idempotency",
-            IDEMPOTENCY_COLUMNS,
-            IDEMPOTENCY_COLUMN_COUNT,
-            chunk.len(),
-        ));
-        for r in chunk {
-            bind_idempotency(&mut statements, r, &now)?;
-        }
-    }
+    push_inbound(&mut statements, &stored, &records, &now)?;
     for chunk in events.chunks(rows_per_statement(EVENT_COLUMN_COUNT)) {
         statements.push(&multi_row_insert(
             "events",
@@ -533,6 +493,39 @@ async fn write_general(
         .await
         .map_err(|err| map_event_insert_error(err, &events))?;
     Ok(outcomes)
+}
+
+/// The INSERTs of inbound-log rows and idempotency records, in statements that keep within the
+/// bind-parameter limit.
+fn push_inbound(
+    statements: &mut Statements,
+    writes: &[&IngestWrite],
+    records: &[&IdempotencyRecord],
+    now: &str,
+) -> Result<(), StoreError> {
+    for chunk in writes.chunks(rows_per_statement(INBOUND_COLUMN_COUNT)) {
+        statements.push(&multi_row_insert(
+            "inbound_messages",
+            INBOUND_COLUMNS,
+            INBOUND_COLUMN_COUNT,
+            chunk.len(),
+        ));
+        for w in chunk {
+            bind_inbound(statements, &w.inbound)?;
+        }
+    }
+    for chunk in records.chunks(rows_per_statement(IDEMPOTENCY_COLUMN_COUNT)) {
+        statements.push(&multi_row_insert(
+            "idempotency",
+            IDEMPOTENCY_COLUMNS,
+            IDEMPOTENCY_COLUMN_COUNT,
+            chunk.len(),
+        ));
+        for r in chunk {
+            bind_idempotency(statements, r, now)?;
+        }
+    }
+    Ok(())
 }
 
 /// Rows per statement so that `columns * rows` stays within the bind-parameter limit.
