@@ -8,10 +8,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 
 mod outbox_cli;
-
-/// mimalloc instead of the system allocator: see the note on the dependency in Cargo.toml.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use clap::{Parser, Subcommand};
 
 use ferry::app::App;
@@ -20,6 +16,10 @@ use ferry::hl7::ack::{AckCode, expects_accept_ack, summarize_ack};
 use ferry::loadgen;
 use ferry::mapping::{Mapped, MappingSet};
 use ferry::mllp::client::{MllpClient, split_messages};
+
+/// mimalloc instead of the system allocator: see the note on the dependency in Cargo.toml.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "ferry", version, about = "HL7 v2 / FHIR integration gateway")]
