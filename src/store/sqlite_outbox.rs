@@ -22,10 +22,10 @@ use super::plan::PlannedEvent;
 use super::rows;
 use super::sqlite::{SqliteStore, format_timestamp};
 
-/// Inserts outbox rows and creates (or counts into) their lanes. Binds, in order: the rows
-/// (`[hospital, destination, lane, subscription, mapping, stream, version, type]` each, as a JSON
-/// array, in queue order), the time, and the rows again, the time again; anonymous parameters,
-/// so that it can follow other statements in one query (see `sqlite::commit_general`).
+/// Inserts outbox rows and creates (or counts into) their lanes. Binds, in order: the time, the
+/// rows (`[hospital, destination, lane, subscription, mapping, stream, version, type]` each, as a
+/// JSON array, in queue order), then the time and the rows again; anonymous parameters, so that
+/// it can follow other statements in one query (see `sqlite::write_general`).
 pub(super) const QUEUE_SQL: &str = "\
 INSERT INTO outbox (hospital_id, destination, lane, subscription, mapping, stream_id, \
 stream_version, event_type, created_at) \
