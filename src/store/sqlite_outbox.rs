@@ -568,18 +568,7 @@ async fn record(
     for (i, a) in attempts.iter().enumerate() {
         let at = ts(a.at)?;
         match &a.result {
-            AttemptResult::Delivered => delivered.push(json!([
-                a.id,
-                at,
-                a.response
-                    .as_deref()
-                    .map(|r| String::from_utf8_lossy(r).into_owned()),
-                a.destination,
-                a.lane,
-                a.owner,
-                ts(a.lease_until)?,
-                a.release,
-            ])),
+            AttemptResult::Delivered => delivered.push(delivered_row(a)?),
             AttemptResult::Retry { .. } | AttemptResult::Dead => {
                 let (status, finished, ready_at) = match &a.result {
                     AttemptResult::Retry { retry_at } => ("pending", None, ts(*retry_at)?),

@@ -303,3 +303,16 @@ pub fn app_settings(url: &str, tenant: &str) -> ferry::config::Settings {
     s.mappings.dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings");
     s
 }
+
+/// Sends `message` on `client` and asserts that the answer is an AA (the ACK's text in the
+/// failure message).
+pub async fn request_accepted(client: &mut ferry::mllp::client::MllpClient, message: &[u8]) {
+    use ferry::hl7::ack::{AckCode, summarize_ack};
+    let ack = client.request(message).await.unwrap();
+    let text = String::from_utf8_lossy(&ack);
+    assert_eq!(
+        summarize_ack(&text).unwrap().code,
+        Some(AckCode::AA),
+        "{text}"
+    );
+}
