@@ -31,6 +31,7 @@ both_backends!(
     tenants_are_isolated,
     concurrent_commits_all_succeed,
     nul_characters_in_text_are_refused_alike,
+    an_idempotency_record_of_another_message_is_refused_alike,
     batch_beyond_bind_parameter_limits,
     reused_inbound_id_is_not_a_version_conflict,
     a_catalogue_event_the_projections_cannot_read_fails_the_batch,
@@ -1001,6 +1002,40 @@ async fn nul_characters_in_text_are_refused_alike(store: DynStore) {
         other => panic!("expected Corrupt, got {other:?}"),
     }
     assert_eq!(counts(&store).await, StoreCounts::default());
+}
+
+/// An idempotency record must point at its own message's inbound row, or a resend would be answered
+/// from another message. Both backends refuse it before writing anything, also when the row it
+/// points at exists (which a foreign key would have let through) and on PostgreSQL, which has no
+/// foreign key for it any more (migration 0006).
+async fn an_idempotency_record_of_another_message_is_refused_alike(store: DynStore) {
+    let stored = accepted("H1", "L0");
+    store
+        .commit_ingest(std::slice::from_ref(&stored))
+        .await
+        .unwrap();
+    for (n, points_at) in [(1, stored.inbound.id), (2, Uuid::now_v7())] {
+        let ok = accepted("H1", &format!("L{n}-OK"));
+        let mut bad = accepted("H1", &format!("L{n}"));
+        if let Some(record) = &mut bad.idempotency {
+            record.inbound_id = points_at;
+        }
+        match store.commit_ingest(&[ok, bad.clone()]).await {
+            Err(StoreError::Corrupt(msg)) => {
+                assert!(msg.contains(&bad.inbound.id.to_string()), "{msg}");
+                assert!(msg.contains(&points_at.to_string()), "{msg}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        counts(&store).await,
+        StoreCounts {
+            inbound: 1,
+            idempotency: 1,
+            events: 0
+        }
+    );
 }
 
 /// 3,000 writes: more inbound rows than one SQLite statement may bind (32,766 / 15 columns), so

@@ -52,10 +52,15 @@ pub(crate) fn repeats_a_key(batch: &[IngestWrite]) -> bool {
         .any(|r| !seen.insert(&r.key))
 }
 
-/// Refuses a batch with a NUL character in any text column or JSON string, on both backends
-/// alike: PostgreSQL's TEXT and JSONB cannot hold U+0000, and a store that accepted on SQLite
-/// what it refuses on PostgreSQL would make the backends behave differently. Raw bytes (BYTEA)
-/// may contain anything. Not transient: retrying the same batch fails the same way.
+/// Refuses a batch the store cannot hold as it is, on both backends alike:
+/// * a NUL character in any text column or JSON string: PostgreSQL's TEXT and JSONB cannot hold
+///   U+0000, and a store that accepted on SQLite what it refuses on PostgreSQL would make the
+///   backends behave differently. Raw bytes (BYTEA) may contain anything;
+/// * an idempotency record that points at another message's inbound row: a resend would be
+///   answered from the wrong message (on PostgreSQL nothing else checks that link, see
+///   `migrations/postgres/0006_idempotency_link.sql`).
+///
+/// Not transient: retrying the same batch fails the same way.
 pub(crate) fn check_storable(batch: &[IngestWrite]) -> Result<(), StoreError> {
     fn text(value: &str, column: &str, id: &uuid::Uuid) -> Result<(), StoreError> {
         if value.contains('\0') {
@@ -104,6 +109,13 @@ pub(crate) fn check_storable(batch: &[IngestWrite]) -> Result<(), StoreError> {
             }
         }
         if let Some(r) = &w.idempotency {
+            // The record answers resends of this message: it must point at this message's row.
+            if r.inbound_id != *id {
+                return Err(StoreError::Corrupt(format!(
+                    "the idempotency record of inbound message {id} points at inbound message {}",
+                    r.inbound_id
+                )));
+            }
             text(
                 &r.key.sending_application,
                 "idempotency.sending_application",

@@ -70,6 +70,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "projection_guard",
         include_str!("../../migrations/postgres/0005_projection_guard.sql"),
     ),
+    (
+        6,
+        "idempotency_link",
+        include_str!("../../migrations/postgres/0006_idempotency_link.sql"),
+    ),
 ];
 
 /// SQLSTATE raised by `ferry_check_idempotency_inserted` (migration 0002).
@@ -132,8 +137,8 @@ const INSERT_INBOUND: &str = concat!(
 /// Inserts a whole batch in one statement; fails with SQLSTATE FE001 (rolling everything back) when
 /// fewer idempotency records went in than the `$30` sent.
 /// UUIDs and JSON travel as text arrays and are cast here (sqlx is built without its uuid feature).
-/// The foreign key idempotency.inbound_id → inbound_messages.id is checked at the end of the
-/// statement, when the sibling CTE's inbound rows exist.
+/// Each idempotency record points at the inbound row of the same write, inserted by the sibling CTE
+/// (checked before: `plan::check_storable`; migration 0006 says why that replaced a foreign key).
 const INSERT_BATCH: &str = concat!(
     insert_inbound_ctes!(),
     "), appended AS ( \
