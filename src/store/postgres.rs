@@ -3,9 +3,9 @@
 //! Every statement is a network round trip, so a batch is kept to a fixed handful: one idempotency
 //! lookup (only when the batch has keys and may hold a resend), one stream-version lookup (only
 //! when it has events that expect a version), and one statement that inserts the inbound rows,
-//! idempotency records and events together (data-modifying CTEs). That statement is its own transaction: all of the batch or nothing, and
-//! it returns only after PostgreSQL committed it (`synchronous_commit = on`: flushed to disk), with
-//! no `BEGIN`/`COMMIT` round trips. The lookups read committed data before it; inside a READ
+//! idempotency records and events together (data-modifying CTEs). That statement is its own
+//! transaction: all of the batch or nothing, and it returns only after PostgreSQL committed it
+//! (`synchronous_commit = on`: flushed to disk), with no `BEGIN`/`COMMIT` round trips. The lookups read committed data before it; inside a READ
 //! COMMITTED transaction they would see exactly the same, so nothing is lost by that, and the races
 //! below are caught by the insert itself either way.
 //!
