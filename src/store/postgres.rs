@@ -5,9 +5,10 @@
 //! when it has events that expect a version), and one statement that inserts the inbound rows,
 //! idempotency records and events together (data-modifying CTEs). That statement is its own
 //! transaction: all of the batch or nothing, and it returns only after PostgreSQL committed it
-//! (`synchronous_commit = on`: flushed to disk), with no `BEGIN`/`COMMIT` round trips. The lookups read committed data before it; inside a READ
-//! COMMITTED transaction they would see exactly the same, so nothing is lost by that, and the races
-//! below are caught by the insert itself either way.
+//! (`synchronous_commit = on`: flushed to disk), with no `BEGIN`/`COMMIT` round trips. The
+//! lookups read committed data before it; inside a READ COMMITTED transaction they would see
+//! exactly the same, so nothing is lost by that, and the races below are caught by the insert
+//! itself either way.
 //!
 //! Rows travel as one array per column and are expanded with `UNNEST`, so each statement's text is
 //! the same whatever the batch size: it is prepared once per connection and reused, and there is no
