@@ -127,8 +127,8 @@ macro_rules! insert_inbound_ctes {
 /// [`INSERT_BATCH`] for a batch without events: only the inbound rows and idempotency records.
 /// Every table a statement writes is locked and opened (with each of its indexes) on every
 /// execution, also when its insert is empty; leaving out the four inserts of events and outbox
-/// saves that for unmapped batches (measured: 5–15 % more unmapped messages per second over 8
-/// connections, BENCHMARKS.md). Fails with FE001 like [`INSERT_BATCH`] when fewer than `$23`
+/// saves that for unmapped batches (measured over 8 connections: 1–15 % more unmapped messages
+/// per second in four interleaved pairs, within this machine's run-to-run noise; BENCHMARKS.md). Fails with FE001 like [`INSERT_BATCH`] when fewer than `$23`
 /// records went in.
 const INSERT_INBOUND: &str = concat!(
     insert_inbound_ctes!(),
@@ -383,12 +383,16 @@ async fn insert_batch(
     stored: &[&IngestWrite],
     at: OffsetDateTime,
 ) -> Result<Vec<IngestOutcome>, BatchError> {
-    let streams = plan::touched_streams(batch, outcomes);
     let relative = stored
         .iter()
         .flat_map(|w| &w.events)
         .all(|e| e.expected_version == ExpectedVersion::Any);
-    let current = if streams.is_empty() || relative {
+    let streams = if relative {
+        Vec::new()
+    } else {
+        plan::touched_streams(batch, outcomes)
+    };
+    let current = if streams.is_empty() {
         HashMap::new()
     } else {
         lookup_versions(conn, &streams).await?
