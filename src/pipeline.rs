@@ -18,7 +18,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::config::UnmappedPolicy;
-use crate::domain::{stream_id, stream_ids};
+use crate::domain::stream_id;
 use crate::hl7::ack::{
     AckCode, AckError, AckHeader, AckMode, Disposition, ErrorCode, ErrorLocation, build_ack,
 };
@@ -503,7 +503,7 @@ impl EventContext<'_, '_> {
     fn new_event(&self, event: MappedEvent) -> NewEvent {
         let tenant = self.received.ctx.hospital_id.as_str();
         let (authority, value) = &event.stream_key;
-        let streams = stream_ids(tenant, &event.payload);
+        let streams = event.keys.ids(tenant);
         let received_at = self
             .received
             .at

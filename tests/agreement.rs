@@ -132,7 +132,12 @@ fn run(pairs: &[Pair]) -> Report {
         *report.sources.entry(pair.source.to_string()).or_default() += 1;
         match set.explain(&message) {
             Ok((Mapped::Events(events), explanations)) if !events.is_empty() => {
-                let payloads: Vec<&Value> = events.iter().map(|e| &e.payload).collect();
+                let payloads: Vec<Value> = events
+                    .iter()
+                    .map(|e| e.payload.to_value())
+                    .collect::<Result<_, _>>()
+                    .unwrap_or_else(|e| panic!("{}: {e}", pair.hl7.display()));
+                let payloads: Vec<&Value> = payloads.iter().collect();
                 // The HL7 text behind the encounter times: whether the sender gave an offset decides how they
                 // compare (compare::same_time).
                 let raw: HashMap<(usize, String), String> = explanations

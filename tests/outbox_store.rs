@@ -108,7 +108,7 @@ fn write(stream: &str, deliveries: Vec<NewDelivery>) -> IngestWrite {
             deliveries,
             event_type: "TestHappened".into(),
             schema_version: 1,
-            payload: json!({"n": stream}),
+            payload: ferry::domain::Payload::from(&json!({"n": stream})),
             metadata: json!({}),
         }],
         preconditions: Vec::new(),

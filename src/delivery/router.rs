@@ -11,6 +11,7 @@ use serde_json::Value;
 use tokio::sync::Notify;
 
 use super::settings::{DestinationSettings, LaneBy, SubscriptionSettings};
+use crate::domain::PayloadRef;
 use crate::store::group_commit::Route;
 use crate::store::{NewDelivery, NewEvent};
 
@@ -29,12 +30,31 @@ pub struct Subscription {
 impl Subscription {
     /// Whether an event of `tenant` with this type and payload goes to this subscription.
     pub fn matches(&self, tenant: &str, event_type: &str, payload: &Value) -> bool {
-        self.events.contains(event_type)
-            && (self.tenants.is_empty() || self.tenants.contains(tenant))
-            && self
-                .when
+        self.matches_with(tenant, event_type, || Some(payload))
+    }
+
+    /// As [`Subscription::matches`], with the payload as a `Value` asked for only when a `when`
+    /// condition needs it (a new event's payload is JSON text until then). A payload that cannot be
+    /// read matches no condition.
+    fn matches_with<'p>(
+        &self,
+        tenant: &str,
+        event_type: &str,
+        payload: impl FnOnce() -> Option<&'p Value>,
+    ) -> bool {
+        if !self.events.contains(event_type)
+            || !(self.tenants.is_empty() || self.tenants.contains(tenant))
+        {
+            return false;
+        }
+        if self.when.is_empty() {
+            return true;
+        }
+        payload().is_some_and(|payload| {
+            self.when
                 .iter()
                 .all(|(path, values)| any_value(payload, path, values))
+        })
     }
 
     /// The lane of an event: its patient's (or order's) stream, else its own stream.
@@ -154,12 +174,15 @@ impl Router {
         tenant: &str,
         event_type: &str,
         stream_id: &str,
-        payload: &Value,
+        payload: PayloadRef<'_>,
         metadata: &Value,
     ) -> Vec<NewDelivery> {
+        // Read once, and only if some subscription's `when` needs it.
+        let value = std::cell::OnceCell::new();
+        let value = || value.get_or_init(|| payload.value().ok()).as_deref();
         self.subscriptions
             .iter()
-            .filter(|s| s.matches(tenant, event_type, payload))
+            .filter(|s| s.matches_with(tenant, event_type, value))
             .map(|s| s.delivery(stream_id, metadata))
             .collect()
     }
@@ -171,7 +194,7 @@ impl Route for Router {
             tenant,
             &event.event_type,
             &event.stream_id,
-            &event.payload,
+            PayloadRef::Text(&event.payload),
             &event.metadata,
         );
     }
@@ -185,6 +208,7 @@ impl Route for Router {
 mod tests {
     use super::*;
     use crate::config::Settings;
+    use crate::domain::Payload;
     use serde_json::json;
 
     fn router(toml: &str) -> Router {
@@ -212,7 +236,13 @@ mod tests {
         let meta = json!({"streams": {"patient": "patient-1", "order": "order-9"}});
         let ct = json!({"order": {"diagnostic_service_section": "CT"}});
         let lab = json!({"order": {"diagnostic_service_section": "LAB"}});
-        let d = r.deliveries("h", "OrderPlaced", "order-9", &ct, &meta);
+        let d = r.deliveries(
+            "h",
+            "OrderPlaced",
+            "order-9",
+            PayloadRef::Text(&Payload::from(&ct)),
+            &meta,
+        );
         assert_eq!(
             d,
             vec![NewDelivery {
@@ -223,15 +253,33 @@ mod tests {
             }]
         );
         assert!(
-            r.deliveries("h", "OrderPlaced", "order-9", &lab, &meta)
-                .is_empty()
+            r.deliveries(
+                "h",
+                "OrderPlaced",
+                "order-9",
+                PayloadRef::Text(&Payload::from(&lab)),
+                &meta
+            )
+            .is_empty()
         );
         assert!(
-            r.deliveries("h", "OrderChanged", "order-9", &ct, &meta)
-                .is_empty()
+            r.deliveries(
+                "h",
+                "OrderChanged",
+                "order-9",
+                PayloadRef::Text(&Payload::from(&ct)),
+                &meta
+            )
+            .is_empty()
         );
         // Without a patient stream the event's own stream is the lane.
-        let d = r.deliveries("h", "OrderCancelled", "order-9", &ct, &json!({}));
+        let d = r.deliveries(
+            "h",
+            "OrderCancelled",
+            "order-9",
+            PayloadRef::Text(&Payload::from(&ct)),
+            &json!({}),
+        );
         assert_eq!(d[0].lane, "order-9");
     }
 
@@ -256,17 +304,36 @@ mod tests {
         let p = json!({"patient": {"identifiers": [{"type": "SS"}, {"type": "MR"}]}});
         let meta = json!({"streams": {"patient": "patient-1", "order": "order-2"}});
         assert_eq!(
-            r.deliveries("north", "PatientUpdated", "s", &p, &meta)[0].lane,
+            r.deliveries(
+                "north",
+                "PatientUpdated",
+                "s",
+                PayloadRef::Text(&Payload::from(&p)),
+                &meta
+            )[0]
+            .lane,
             "order-2"
         );
         assert!(
-            r.deliveries("south", "PatientUpdated", "s", &p, &meta)
-                .is_empty()
+            r.deliveries(
+                "south",
+                "PatientUpdated",
+                "s",
+                PayloadRef::Text(&Payload::from(&p)),
+                &meta
+            )
+            .is_empty()
         );
         let no_mr = json!({"patient": {"identifiers": [{"type": "SS"}]}});
         assert!(
-            r.deliveries("north", "PatientUpdated", "s", &no_mr, &meta)
-                .is_empty()
+            r.deliveries(
+                "north",
+                "PatientUpdated",
+                "s",
+                PayloadRef::Text(&Payload::from(&no_mr)),
+                &meta
+            )
+            .is_empty()
         );
     }
 

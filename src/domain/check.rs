@@ -18,6 +18,7 @@
 use serde_json::{Map, Value};
 
 use super::model::{valid_date, valid_date_time};
+use super::payload::{Tree, View};
 
 /// The check of one schema node.
 #[derive(Debug, Clone, PartialEq)]
@@ -73,23 +74,24 @@ impl Check {
     }
 
     /// Whether the payload certainly fits; `false` also when not sure. When it fits, `droppable` says
-    /// whether it has an object member [`prune`](super::prune) drops.
-    pub fn passes(&self, v: &Value, droppable: &mut bool) -> bool {
-        match (self, v) {
-            (Check::Object(members), Value::Object(map)) => object_passes(members, map, droppable),
-            (Check::List(item), Value::Array(items)) => {
+    /// whether it has an object member [`prune`](super::prune) drops. Reads a `Value` and a mapping's
+    /// [`Draft`](super::Draft) alike.
+    pub fn passes<T: Tree>(&self, v: &T, droppable: &mut bool) -> bool {
+        match (self, v.view()) {
+            (Check::Object(members), View::Object(map)) => object_passes(members, map, droppable),
+            (Check::List(item), View::List(items)) => {
                 items.iter().all(|x| item.passes(x, droppable))
             }
-            (Check::Nullable(_), Value::Null) => true,
+            (Check::Nullable(_), View::Null) => true,
             (Check::Nullable(inner), _) => inner.passes(v, droppable),
-            (Check::Text(t), Value::String(s)) => match t {
+            (Check::Text(t), View::Text(s)) => match t {
                 Text::Any => true,
                 Text::NonBlank => !s.trim().is_empty(),
                 Text::Date => valid_date(s),
                 Text::DateTime => valid_date_time(s),
             },
-            (Check::Bool, Value::Bool(_)) => true,
-            (Check::OneOf(names), Value::String(s)) => names.iter().any(|n| n == s),
+            (Check::Bool, View::Bool(_)) => true,
+            (Check::OneOf(names), View::Text(s)) => names.iter().any(|n| n == s),
             _ => false,
         }
     }
@@ -98,15 +100,20 @@ impl Check {
 /// Every field known and fitting, every required one there.
 ///
 /// Walks the map and the members side by side, both sorted by name (serde_json's map without
-/// `preserve_order` is a `BTreeMap`), so each member name is compared about once, and mostly only by its
-/// length: looking each key up among the members took three times as long as the whole rest of the check.
-/// A map in another order (`preserve_order`) merely fails the walk, and the typed struct decides.
-fn object_passes(members: &[Member], map: &Map<String, Value>, droppable: &mut bool) -> bool {
+/// `preserve_order` is a `BTreeMap`; a draft's objects are sorted when built), so each member name is
+/// compared about once, and mostly only by its length: looking each key up among the members took three
+/// times as long as the whole rest of the check. A map in another order (`preserve_order`) merely fails
+/// the walk, and the typed struct decides.
+fn object_passes<'x, T: Tree + 'x>(
+    members: &[Member],
+    map: impl Iterator<Item = (&'x str, &'x T)>,
+    droppable: &mut bool,
+) -> bool {
     let mut rest = members.iter();
     for (key, x) in map {
         let member = loop {
             match rest.next() {
-                Some(m) if m.name == *key => break m,
+                Some(m) if m.name == key => break m,
                 // A required member is skipped: it is missing (or the map is not sorted).
                 Some(m) if m.required => return false,
                 Some(_) => {}

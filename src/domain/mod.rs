@@ -9,12 +9,15 @@
 
 mod check;
 pub mod model;
+mod payload;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use uuid::Uuid;
 
 pub use model::*;
+pub use payload::{Draft, Payload, PayloadRef, StreamKey, StreamKeys};
+use payload::{Tree, View};
 
 /// The kinds of stream events are appended to. A stream's id is derived from the data (see
 /// [`stream_id`]), so every message about the same patient, visit or order lands on the same stream.
@@ -323,21 +326,57 @@ fn prune(v: &mut Value) {
 }
 
 /// Whether `prune` drops the object member `k: x`.
-fn dropped(k: &str, x: &Value) -> bool {
-    x.is_null()
-        || matches!(x, Value::Array(a) if a.is_empty())
-        || (k == "deceased" && *x == Value::Bool(false))
+fn dropped<T: Tree>(k: &str, x: &T) -> bool {
+    match x.view() {
+        View::Null => true,
+        View::List(items) => items.is_empty(),
+        View::Bool(false) => k == "deceased",
+        _ => false,
+    }
 }
 
 /// Checks a payload against its event type's struct (required fields, enums, date formats, no unknown
 /// fields) and returns it in canonical form (empty lists and absent options dropped).
 pub fn normalize_payload(event: &str, payload: Value) -> Result<Value, DomainError> {
+    let (spec, check) = spec_and_check(event)?;
+    typed_normalize(spec, check, event, payload)
+}
+
+/// Checks and normalises a payload a mapping built, as [`normalize_payload`] does a `Value`, and
+/// writes it out as the text to store, with the stream keys it names.
+///
+/// The draft is checked by the walk of `check.rs`; only a draft that walk is not sure of becomes a
+/// `Value` for the typed struct to decide (and word the error).
+pub fn normalize_draft(
+    event: &str,
+    mut draft: Draft<'_>,
+) -> Result<(Payload, StreamKeys), DomainError> {
+    let (spec, check) = spec_and_check(event)?;
+    let mut droppable = false;
+    if check.passes(&draft, &mut droppable) {
+        if droppable {
+            draft.prune();
+        }
+        return Ok((Payload::of_draft(&draft), StreamKeys::of(&draft)));
+    }
+    let value = typed_normalize(spec, check, event, draft.to_value())?;
+    Ok((Payload::from(&value), StreamKeys::of(&value)))
+}
+
+fn spec_and_check(event: &str) -> Result<(&'static EventSpec, &'static check::Check), DomainError> {
     let index = CATALOGUE
         .iter()
         .position(|s| s.name == event)
         .ok_or_else(|| DomainError::UnknownEvent(event.to_owned()))?;
-    let spec = &CATALOGUE[index];
-    let check = &checks()[index];
+    Ok((&CATALOGUE[index], &checks()[index]))
+}
+
+fn typed_normalize(
+    spec: &EventSpec,
+    check: &check::Check,
+    event: &str,
+    payload: Value,
+) -> Result<Value, DomainError> {
     match spec.payload {
         PayloadKind::Patient => normalize::<PatientPayload>(event, check, payload),
         PayloadKind::Encounter => normalize::<EncounterPayload>(event, check, payload),
@@ -492,53 +531,15 @@ fn shape_of(node: &Value, defs: &Value) -> Option<Shape> {
 
 /// The key of the stream of `kind` a payload belongs on, as (assigning authority, value): the first
 /// patient identifier; the visit number; the placer order number, else the filler order number.
-pub fn stream_key(kind: StreamKind, payload: &Value) -> Option<(Option<String>, String)> {
-    // `get` chains rather than `Value::pointer`, which allocates for every token of its path.
-    let identifier = match kind {
-        StreamKind::Patient => {
-            // As the pointer's token `0` would: an array's first item, or an object's member "0".
-            let ids = payload.get("patient")?.get("identifiers")?;
-            ids.get(0).or_else(|| ids.get("0"))
-        }
-        StreamKind::Encounter => payload.get("encounter")?.get("visit_number"),
-        StreamKind::Order => {
-            let order = payload.get("order")?;
-            order
-                .get("placer_order_number")
-                .or_else(|| order.get("filler_order_number"))
-        }
-    }?;
-    let value = identifier.get("value")?.as_str()?.trim();
-    if value.is_empty() {
-        return None;
-    }
-    let authority = identifier
-        .get("authority")
-        .and_then(Value::as_str)
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .map(str::to_owned);
-    Some((authority, value.to_owned()))
+pub fn stream_key(kind: StreamKind, payload: &Value) -> Option<StreamKey> {
+    payload::key_of(kind, payload)
 }
 
 /// The ids of the patient, encounter and order streams a payload names (those whose key it has),
 /// by stream kind: what events carry as `metadata.streams`, so projections and outbound lanes need
 /// not derive them again.
 pub fn stream_ids(tenant: &str, payload: &Value) -> serde_json::Map<String, Value> {
-    let mut streams = serde_json::Map::new();
-    for kind in [
-        StreamKind::Patient,
-        StreamKind::Encounter,
-        StreamKind::Order,
-    ] {
-        if let Some((a, v)) = stream_key(kind, payload) {
-            streams.insert(
-                kind.as_str().to_owned(),
-                stream_id(kind, tenant, a.as_deref(), &v).into(),
-            );
-        }
-    }
-    streams
+    StreamKeys::of(payload).ids(tenant)
 }
 
 /// Namespace of Ferry's name-based stream ids (a random v4 UUID fixed once; changing it would move

@@ -8,13 +8,11 @@
 
 use std::borrow::Cow;
 
-use serde_json::{Map, Value as J};
-
-use crate::domain::{self, StreamKind};
+use crate::domain::{self, Draft, StreamKind};
 use crate::hl7::Location;
 
 use super::ast::{Ast, Build, Condition, FieldRule, Inbound, Match, PathRef, Rule, Source, Test};
-use super::transform::Out;
+use super::transform::Out as TOut;
 use super::{Explanation, MapError, MapErrorCode, MappedEvent};
 
 /// Evaluation results: the error is boxed because it is rare and the `Ok` path runs for every rule.
@@ -90,6 +88,9 @@ pub(crate) trait Doc<'a> {
 
 type Scope<'a, D> = Option<(<D as Doc<'a>>::Item, <D as Doc<'a>>::Loc)>;
 
+/// What a rule produces: a payload part that borrows from the mapping files and the document (`'s: 'a`).
+type Out<'a> = Option<Draft<'a>>;
+
 /// One evaluation over one document.
 pub(crate) struct Eval<'s, 'a, D: Doc<'a>> {
     ast: &'s Ast,
@@ -112,7 +113,7 @@ pub(crate) struct Eval<'s, 'a, D: Doc<'a>> {
     _doc: std::marker::PhantomData<&'a ()>,
 }
 
-impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
+impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
     pub fn new(ast: &'s Ast, tz: &'s jiff::tz::TimeZone, doc: D, explain: bool) -> Self {
         Eval {
             ast,
@@ -226,7 +227,7 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
 
     // ---- rules ------------------------------------------------------------------------------------------
 
-    fn record(&mut self, source: Option<D::Loc>, raw: Option<&str>, value: &J) {
+    fn record(&mut self, source: Option<D::Loc>, raw: Option<&str>, value: &Draft<'_>) {
         if let Some(ex) = &mut self.explain {
             ex.push(Explanation {
                 event: self.event_index,
@@ -234,7 +235,7 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                 rule: self.rules.join(" → "),
                 source: source.map(|l| self.doc.path(l)),
                 raw: raw.map(str::to_string),
-                value: value.clone(),
+                value: value.to_value(),
             });
         }
     }
@@ -251,8 +252,8 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
     }
 
     /// The object of `fields:`; absent when no field has a value.
-    fn fields(&mut self, fields: &'s [FieldRule], scope: Scope<'a, D>) -> Res<Option<J>> {
-        let mut map = Map::new();
+    fn fields(&mut self, fields: &'s [FieldRule], scope: Scope<'a, D>) -> Res<Out<'a>> {
+        let mut members = Vec::new();
         for f in fields {
             let len = self.push_out(&f.name);
             self.names.push(&f.name);
@@ -260,13 +261,16 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             self.names.pop();
             self.out.truncate(len);
             if let Some(v) = v? {
-                map.insert(f.name.clone(), v);
+                if members.capacity() == 0 {
+                    members.reserve_exact(fields.len());
+                }
+                members.push((f.name.as_str(), v));
             }
         }
-        Ok((!map.is_empty()).then_some(J::Object(map)))
+        Ok((!members.is_empty()).then(|| Draft::object(members)))
     }
 
-    fn eval(&mut self, rule: &'s Rule, scope: Scope<'a, D>) -> Res<Option<J>> {
+    fn eval(&mut self, rule: &'s Rule, scope: Scope<'a, D>) -> Res<Out<'a>> {
         if !rule.when.iter().all(|c| self.holds(c, scope)) {
             return Ok(None);
         }
@@ -281,7 +285,7 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
         r
     }
 
-    fn eval_source(&mut self, rule: &'s Rule, scope: Scope<'a, D>) -> Res<Option<J>> {
+    fn eval_source(&mut self, rule: &'s Rule, scope: Scope<'a, D>) -> Res<Out<'a>> {
         let mut value = match &rule.source {
             Source::Path(p) => match self.first(scope, p) {
                 Some((item, loc)) => self.item(rule, item, loc)?,
@@ -331,7 +335,7 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                 }
                 all.clear();
                 self.selections.push(all);
-                (!list.is_empty()).then_some(J::Array(list))
+                (!list.is_empty()).then_some(Draft::List(list))
             }
             Source::First(rules) => {
                 let mut found = None;
@@ -345,13 +349,19 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             }
             Source::Join { parts, separator } => {
                 let mark = self.explain.as_ref().map_or(0, Vec::len);
-                let mut texts = Vec::new();
+                let mut joined: Option<String> = None;
                 for p in parts {
-                    if let Some(J::String(s)) = self.eval(p, scope)? {
-                        texts.push(s);
+                    if let Some(Draft::Text(s)) = self.eval(p, scope)? {
+                        match &mut joined {
+                            Some(j) => {
+                                j.push_str(separator);
+                                j.push_str(&s);
+                            }
+                            None => joined = Some(s.into_owned()),
+                        }
                     }
                 }
-                let joined = (!texts.is_empty()).then(|| J::String(texts.join(separator)));
+                let joined = joined.map(|j| Draft::Text(Cow::Owned(j)));
                 if let Some(ex) = &mut self.explain {
                     // One record for the joined value instead of one per part.
                     let parts: Vec<Explanation> = ex.drain(mark..).collect();
@@ -366,15 +376,16 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                             rule: self.rules.join(" → "),
                             source: join(&|e| e.source.clone()),
                             raw: join(&|e| e.raw.clone()),
-                            value: v.clone(),
+                            value: v.to_value(),
                         });
                     }
                 }
                 self.post_composite(rule, joined, scope)?
             }
             Source::Const(v) => {
-                self.record(None, None, v);
-                Some(v.clone())
+                let v = Draft::from_value(v);
+                self.record(None, None, &v);
+                Some(v)
             }
             Source::Use(id) => self.eval(&self.ast.rules[*id].rule, None)?,
             Source::Fields(fields) => self.fields(fields, scope)?,
@@ -392,15 +403,16 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                         list.push(v);
                     }
                 }
-                (!list.is_empty()).then_some(J::Array(list))
+                (!list.is_empty()).then_some(Draft::List(list))
             }
         };
         if value.is_none()
             && let Some(d) = &rule.default
         {
             let loc = self.primary_loc(rule, scope);
-            self.record(loc, None, d);
-            value = Some(d.clone());
+            let d = Draft::from_value(d);
+            self.record(loc, None, &d);
+            value = Some(d);
         }
         if value.is_none() && rule.required {
             let loc = self.primary_loc(rule, scope);
@@ -424,13 +436,13 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
     fn post_composite(
         &mut self,
         rule: &'s Rule,
-        value: Option<J>,
+        value: Out<'a>,
         scope: Scope<'a, D>,
-    ) -> Res<Option<J>> {
+    ) -> Res<Out<'a>> {
         if rule.transforms.is_empty() && rule.table.is_none() {
             return Ok(value);
         }
-        let Some(J::String(text)) = value else {
+        let Some(Draft::Text(text)) = value else {
             return Ok(value);
         };
         let (source, raw) = match self.explain.as_mut().and_then(Vec::pop) {
@@ -438,18 +450,18 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             None => (None, None),
         };
         let loc = self.primary_loc(rule, scope);
-        let out = self.post(rule, Cow::Owned(text), raw.as_deref().unwrap_or(""), loc)?;
+        let out = self.post(rule, text, raw.as_deref().unwrap_or(""), loc)?;
         if let (Some(ex), Some(v)) = (&mut self.explain, &out)
             && let Some(last) = ex.last_mut()
         {
             last.source = source.or(last.source.take());
-            last.value = v.clone();
+            last.value = v.to_value();
         }
         Ok(out)
     }
 
     /// What a scope source makes of one selected item: a datatype, an object, or text.
-    fn item(&mut self, rule: &'s Rule, item: D::Item, loc: D::Loc) -> Res<Option<J>> {
+    fn item(&mut self, rule: &'s Rule, item: D::Item, loc: D::Loc) -> Res<Out<'a>> {
         match &rule.build {
             Some(build) => {
                 if self.doc.blank(item) {
@@ -477,15 +489,15 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
     fn post(
         &mut self,
         rule: &'s Rule,
-        text: Cow<'_, str>,
+        text: Cow<'a, str>,
         raw: &str,
         loc: Option<D::Loc>,
-    ) -> Res<Option<J>> {
+    ) -> Res<Out<'a>> {
         // The text stays borrowed unless a transform rewrites it or it becomes the output itself.
         let text = if rule.transforms.is_empty() {
             text
         } else {
-            let mut out = Out::Str(text);
+            let mut out = TOut::Str(text);
             for t in &rule.transforms {
                 out = t.apply(out, self.tz).map_err(|m| {
                     let at = loc
@@ -499,25 +511,25 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                 })?;
             }
             match out {
-                Out::Bool(b) => return Ok(Some(J::Bool(b))),
-                Out::Str(s) => s,
+                TOut::Bool(b) => return Ok(Some(Draft::Bool(b))),
+                TOut::Str(s) => s,
             }
         };
         if text.is_empty() {
             return Ok(None);
         }
         let Some(tid) = rule.table else {
-            return Ok(Some(J::String(text.into_owned())));
+            return Ok(Some(Draft::Text(text)));
         };
         let table = &self.ast.tables[tid];
         if rule.reverse {
             // Value → code. The table's own `default` is a value for unknown codes, not a code, so only
             // the rule's default applies here.
             if let Some(code) = table.reverse.get(text.as_ref()) {
-                return Ok(Some(J::String(code.clone())));
+                return Ok(Some(Draft::Text(Cow::Borrowed(code))));
             }
             if let Some(d) = &rule.default {
-                return Ok(Some(d.clone()));
+                return Ok(Some(Draft::from_value(d)));
             }
             let at = loc
                 .map(|l| format!(" at {}", self.doc.path(l)))
@@ -534,13 +546,13 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             ));
         }
         if let Some(v) = table.map.get(text.as_ref()) {
-            return Ok(Some(J::String(v.clone())));
+            return Ok(Some(Draft::Text(Cow::Borrowed(v))));
         }
         if let Some(d) = &table.default {
-            return Ok(Some(J::String(d.clone())));
+            return Ok(Some(Draft::Text(Cow::Borrowed(d))));
         }
         if let Some(d) = &rule.default {
-            return Ok(Some(d.clone()));
+            return Ok(Some(Draft::from_value(d)));
         }
         let at = loc
             .map(|l| format!(" at {}", self.doc.path(l)))
@@ -584,7 +596,7 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
         prefix: &str,
         fields: &'s [FieldRule],
         scope: Scope<'a, D>,
-    ) -> Res<Option<J>> {
+    ) -> Res<Out<'a>> {
         self.out.clear();
         if self.explain.is_some() {
             self.out.push_str(prefix);
@@ -610,10 +622,10 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                 continue;
             }
             self.out.clear();
-            let payload = self
+            let draft = self
                 .fields(&m.fields, None)?
-                .unwrap_or_else(|| J::Object(Map::new()));
-            let payload = domain::normalize_payload(&m.event, payload).map_err(|e| {
+                .unwrap_or_else(|| Draft::Object(Vec::new()));
+            let (payload, keys) = domain::normalize_draft(&m.event, draft).map_err(|e| {
                 self.err(
                     MapErrorCode::DataType,
                     None,
@@ -623,13 +635,10 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                     ),
                 )
             })?;
-            let mut chosen = None;
-            for kind in &m.stream {
-                if let Some(key) = domain::stream_key(*kind, &payload) {
-                    chosen = Some((*kind, key));
-                    break;
-                }
-            }
+            let mut chosen = m
+                .stream
+                .iter()
+                .find_map(|kind| Some((*kind, keys.get(*kind)?.clone())));
             // A FHIR write without a key (a Patient without an identifier) is still a resource:
             // the API gives it a stream of its own, which an empty key value asks for.
             if chosen.is_none()
@@ -666,6 +675,7 @@ impl<'s, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                     schema_version: m.schema_version,
                     stream,
                     stream_key,
+                    keys,
                     payload,
                     mapping: m.name.clone(),
                 },

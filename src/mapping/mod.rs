@@ -34,7 +34,7 @@ mod yaml;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::domain::StreamKind;
+use crate::domain::{Payload, StreamKeys, StreamKind};
 use crate::hl7::ack::ErrorCode;
 use crate::hl7::{Location, Message};
 
@@ -72,8 +72,9 @@ pub struct MappingSet {
     ast: ast::Ast,
     version: String,
     tz: jiff::tz::TimeZone,
-    /// (MSH-9.1, MSH-9.2) → inbound files, in file-name order.
-    by_message: HashMap<(String, String), Vec<usize>>,
+    /// MSH-9.1 → MSH-9.2 → inbound files, in file-name order (nested so that a message is looked
+    /// up by the borrowed texts of its MSH-9, without building a key).
+    by_message: HashMap<String, HashMap<String, Vec<usize>>>,
     /// (resource type, interaction) → FHIR mapping files, in file-name order.
     by_resource: HashMap<(String, FhirInteraction), Vec<usize>>,
     /// `outbound/<name>` → outbound file.
@@ -101,8 +102,12 @@ pub struct MappedEvent {
     /// The value is empty only for a FHIR write whose resource has no key (no identifier): the API
     /// gives it a stream of its own.
     pub stream_key: (Option<String>, String),
-    /// The payload, normalised by the domain (checked against the event's schema).
-    pub payload: serde_json::Value,
+    /// The keys of the patient, encounter and order streams the payload names: the event's
+    /// `metadata.streams`.
+    pub keys: StreamKeys,
+    /// The payload, normalised by the domain (checked against the event's schema), as the JSON
+    /// text the store writes.
+    pub payload: Payload,
     /// The mapping file's name without `.yaml`, e.g. `adt_a01.patient_admitted`: for event metadata.
     pub mapping: String,
 }
@@ -205,11 +210,16 @@ impl MappingSet {
     /// Loads with options; serving uses `LoadOptions { example_files: false }`.
     pub fn load_with(dir: &Path, options: LoadOptions) -> Result<MappingSet, Vec<Problem>> {
         let loaded = load::load(dir, options.example_files)?;
-        let mut by_message: HashMap<(String, String), Vec<usize>> = HashMap::new();
+        let mut by_message: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
         let mut by_resource: HashMap<(String, FhirInteraction), Vec<usize>> = HashMap::new();
         for (i, m) in loaded.ast.inbound.iter().enumerate() {
             for key in &m.messages {
-                by_message.entry(key.clone()).or_default().push(i);
+                by_message
+                    .entry(key.0.clone())
+                    .or_default()
+                    .entry(key.1.clone())
+                    .or_default()
+                    .push(i);
             }
             if let Some(f) = &m.fhir {
                 for interaction in &f.interactions {
@@ -370,11 +380,14 @@ impl MappingSet {
         let msh9 = message.msh().field(9);
         let part = |n| {
             msh9.and_then(|f| f.component(n))
-                .map(|v| v.decoded().into_owned())
+                .map(|v| v.decoded())
                 .unwrap_or_default()
         };
-        let key = (part(1), part(2));
-        let Some(files) = self.by_message.get(&key) else {
+        let files = self
+            .by_message
+            .get(part(1).as_ref())
+            .and_then(|events| events.get(part(2).as_ref()));
+        let Some(files) = files else {
             return Ok((Mapped::Unmapped, Vec::new()));
         };
         let mut ev = eval::Eval::new(&self.ast, &self.tz, doc_hl7::Hl7Doc::new(message), explain);

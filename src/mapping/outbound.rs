@@ -15,6 +15,7 @@ use serde_json::{Map, Value as J, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::domain::Draft;
 use crate::hl7::write::{Component, Repetition, WriteField, WriteSegment, write_message};
 use crate::hl7::{Separators, escape::escape};
 
@@ -207,7 +208,7 @@ impl MappingSet {
                 let body = ev
                     .object_at("", &out.body, None)
                     .map_err(rule_err)?
-                    .unwrap_or_else(|| J::Object(Map::new()));
+                    .unwrap_or_else(|| Draft::Object(Vec::new()));
                 let explanations = ev.explain.take().unwrap_or_default();
                 let bytes = serde_json::to_vec(&body).map_err(|e| {
                     Box::new(OutboundError::Shape {
@@ -243,7 +244,8 @@ impl MappingSet {
                         }
                         let value = ev
                             .object_at(&prefix, &seg.fields, scope)
-                            .map_err(rule_err)?;
+                            .map_err(rule_err)?
+                            .map(|d| d.to_value());
                         let mut w = WriteSegment::new(&seg.id);
                         if let Some(J::Object(fields)) = value {
                             for (n, v) in &fields {

@@ -82,7 +82,7 @@ fn load_in(files: &[(&str, &str)]) -> (MappingSet, tempfile::TempDir) {
 fn payload(set: &MappingSet, text: &str) -> J {
     let msg = Message::parse(text).unwrap();
     match set.map(&msg).unwrap() {
-        Mapped::Events(e) => e[0].payload.clone(),
+        Mapped::Events(e) => e[0].payload.to_value().unwrap(),
         Mapped::Unmapped => panic!("unmapped"),
     }
 }
@@ -480,7 +480,12 @@ fn for_each_groups_and_when_conditions() {
             (
                 e.event_type.as_str(),
                 e.stream_key.1.as_str(),
-                e.payload.pointer("/order/code/code").cloned().unwrap(),
+                e.payload
+                    .to_value()
+                    .unwrap()
+                    .pointer("/order/code/code")
+                    .cloned()
+                    .unwrap(),
             )
         })
         .collect();
@@ -494,11 +499,13 @@ fn for_each_groups_and_when_conditions() {
             ("OrderPlaced", "PL3", json!("71046")),
         ]
     );
-    assert!(
-        events
-            .iter()
-            .all(|e| e.payload.pointer("/patient/identifiers/0/value") == Some(&json!("100010")))
-    );
+    assert!(events.iter().all(|e| {
+        e.payload
+            .to_value()
+            .unwrap()
+            .pointer("/patient/identifiers/0/value")
+            == Some(&json!("100010"))
+    }));
     let (_, ex) = set.explain(&msg).unwrap();
     let src = ex
         .iter()
@@ -517,7 +524,14 @@ fn for_each_groups_and_when_conditions() {
     // The lone OBR group has no ORC-1 NW, so its `when` fails: two events.
     let codes: Vec<J> = events
         .iter()
-        .map(|e| e.payload.pointer("/order/code/code").cloned().unwrap())
+        .map(|e| {
+            e.payload
+                .to_value()
+                .unwrap()
+                .pointer("/order/code/code")
+                .cloned()
+                .unwrap()
+        })
         .collect();
     assert_eq!(codes, [json!("A"), json!("C")]);
 
@@ -990,7 +1004,7 @@ fields:
         panic!("not mapped: {mapped:?}");
     };
     assert_eq!(
-        events[0].payload["patient"],
+        events[0].payload.to_value().unwrap()["patient"],
         json!({ "identifiers": [{ "value": "42", "authority": "1.2.3" }], "sex": "female" })
     );
     assert_eq!(
@@ -1358,7 +1372,7 @@ fn shipped_outbound_messages_map_back_to_their_events() {
                     example.mapping
                 );
                 assert_eq!(
-                    events[0].payload["patient"]["identifiers"],
+                    events[0].payload.to_value().unwrap()["patient"]["identifiers"],
                     event.payload["patient"]["identifiers"],
                     "{}",
                     example.mapping

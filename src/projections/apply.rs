@@ -62,7 +62,7 @@ pub fn plan<'a>(events: impl IntoIterator<Item = EventView<'a>>) -> Plan {
         if event.event_type == "ResultReported" {
             let report = ids.report(&event);
             push(ResourceType::DiagnosticReport, &Some(report.clone()));
-            if let Ok(payload) = ResultPayload::deserialize(event.payload) {
+            if let Ok(payload) = event.payload.read::<ResultPayload>() {
                 for (n, o) in payload.observations.iter().enumerate() {
                     push(
                         ResourceType::Observation,
@@ -147,7 +147,8 @@ fn merged_patient(event: &EventView<'_>) -> Option<String> {
     if event.event_type != "PatientsMerged" {
         return None;
     }
-    let identifiers = event.payload.get("merged")?.get("identifiers")?;
+    let payload = event.payload.value().ok()?;
+    let identifiers = payload.get("merged")?.get("identifiers")?;
     let wrapped = serde_json::json!({ "patient": { "identifiers": identifiers } });
     let (authority, value) = domain::stream_key(StreamKind::Patient, &wrapped)?;
     let stream = domain::stream_id(
@@ -160,7 +161,7 @@ fn merged_patient(event: &EventView<'_>) -> Option<String> {
 }
 
 fn payload<'a, T: Deserialize<'a>>(event: &EventView<'a>) -> Result<T, ProjectionError> {
-    T::deserialize(event.payload).map_err(|e| ProjectionError::Payload {
+    event.payload.read().map_err(|e| ProjectionError::Payload {
         event_type: event.event_type.to_owned(),
         reason: e.to_string(),
     })

@@ -215,7 +215,7 @@ pub enum ProjectionError {
 pub struct EventView<'a> {
     pub tenant: &'a str,
     pub event_type: &'a str,
-    pub payload: &'a serde_json::Value,
+    pub payload: crate::domain::PayloadRef<'a>,
     pub metadata: &'a serde_json::Value,
 }
 

@@ -21,6 +21,7 @@ mod sqlite_outbox;
 
 use std::sync::Arc;
 
+use crate::domain::{Payload, PayloadRef};
 use crate::projections::ResourceType;
 pub use fhir::{HistoryQuery, SearchPage, SearchQuery, StoredResource};
 pub use outbox::{NewDelivery, OutboxStore};
@@ -222,7 +223,8 @@ pub struct NewEvent {
     /// Past-tense type name, e.g. `PatientAdmitted`.
     pub event_type: String,
     pub schema_version: i32,
-    pub payload: serde_json::Value,
+    /// JSON text (see [`Payload`]): the mapping's output as it is written.
+    pub payload: Payload,
     /// Where the event came from: channel, sender, MSH-10, inbound log id, mapping name and version.
     pub metadata: serde_json::Value,
     /// Outbox rows to queue with the event (the subscriptions it matches), in the same transaction.
@@ -235,7 +237,7 @@ impl NewEvent {
         crate::projections::EventView {
             tenant,
             event_type: &self.event_type,
-            payload: &self.payload,
+            payload: PayloadRef::Text(&self.payload),
             metadata: &self.metadata,
         }
     }
@@ -262,7 +264,7 @@ impl RecordedEvent {
         crate::projections::EventView {
             tenant: &self.hospital_id,
             event_type: &self.event_type,
-            payload: &self.payload,
+            payload: PayloadRef::Value(&self.payload),
             metadata: &self.metadata,
         }
     }

@@ -71,6 +71,16 @@ pub(crate) fn check_storable(batch: &[IngestWrite]) -> Result<(), StoreError> {
         }
         Ok(())
     }
+    /// JSON text: a NUL in one of its strings is written `\u0000`.
+    fn json_text(value: &str, column: &str, id: &uuid::Uuid) -> Result<(), StoreError> {
+        if has_escaped_nul(value) {
+            return Err(StoreError::Corrupt(format!(
+                "{column} of inbound message {id} contains a NUL character, which the store \
+                 cannot hold as text"
+            )));
+        }
+        text(value, column, id)
+    }
     fn json(value: &serde_json::Value, column: &str, id: &uuid::Uuid) -> Result<(), StoreError> {
         match value {
             serde_json::Value::String(s) => text(s, column, id),
@@ -128,11 +138,28 @@ pub(crate) fn check_storable(batch: &[IngestWrite]) -> Result<(), StoreError> {
         for e in &w.events {
             text(&e.stream_id, "events.stream_id", id)?;
             text(&e.event_type, "events.event_type", id)?;
-            json(&e.payload, "events.payload", id)?;
+            json_text(e.payload.as_str(), "events.payload", id)?;
             json(&e.metadata, "events.metadata", id)?;
         }
     }
     Ok(())
+}
+
+/// Whether JSON text holds the escape `\u0000` (a NUL in a string), as opposed to an escaped
+/// backslash followed by `u0000`.
+fn has_escaped_nul(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let mut i = 0;
+    while let Some(at) = memchr::memchr(b'\\', &bytes[i..]) {
+        let esc = i + at;
+        match bytes.get(esc + 1) {
+            Some(b'u') if bytes.get(esc + 2..esc + 6) == Some(b"0000".as_slice()) => return true,
+            // The escaped character, whatever it is, is not the start of another escape.
+            Some(_) => i = esc + 2,
+            None => return false,
+        }
+    }
+    false
 }
 
 /// The distinct (hospital_id, stream_id) pairs the stored writes append to, in first-use order.

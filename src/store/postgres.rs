@@ -483,7 +483,7 @@ fn bind_events<'q>(
     let mut payloads = Vec::with_capacity(events.len());
     let mut metadata = Vec::with_capacity(events.len());
     for e in events {
-        payloads.push(json_text(&e.event.payload, "payload")?);
+        payloads.push(e.event.payload.as_str().to_owned());
         metadata.push(json_text(&e.event.metadata, "metadata")?);
     }
     Ok(query

@@ -592,7 +592,7 @@ fn bind_event(s: &mut Statements, e: &PlannedEvent<'_>, now: &str) -> Result<(),
     s.bind(e.version)?;
     s.bind(e.event.event_type.as_str())?;
     s.bind(e.event.schema_version)?;
-    s.bind(json_text(&e.event.payload, "payload")?)?;
+    s.bind(e.event.payload.as_str())?;
     s.bind(json_text(&e.event.metadata, "metadata")?)?;
     s.bind(now)
 }

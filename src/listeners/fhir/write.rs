@@ -30,7 +30,7 @@ use super::{
     Caller, FHIR_JSON, FhirState, base_url, check_id, etag, negotiate, query_pairs, resource_type,
 };
 use crate::auth::Interaction;
-use crate::domain::{StreamKind, stream_id, stream_ids};
+use crate::domain::{StreamKind, stream_id};
 use crate::mapping::{FhirInteraction, MapError, Mapped, MappingSet};
 use crate::projections::{ResourceKey, ResourceType, resource_id};
 use crate::store::group_commit::CommitError;
@@ -516,7 +516,7 @@ async fn plan(
     let new_events = events
         .into_iter()
         .map(|e| {
-            let mut streams = stream_ids(tenant, &e.payload);
+            let mut streams = e.keys.ids(tenant);
             streams.insert(kind.as_str().to_owned(), own.clone().into());
             if let Some(p) = &patient_stream {
                 streams.insert(StreamKind::Patient.as_str().to_owned(), p.clone().into());
