@@ -16,7 +16,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use model::*;
-pub use payload::{Draft, Payload, PayloadRef, StreamKey, StreamKeys};
+pub use payload::{Draft, Key, Payload, PayloadRef, StreamKey, StreamKeys};
 use payload::{Tree, View};
 
 /// The kinds of stream events are appended to. A stream's id is derived from the data (see
@@ -348,10 +348,18 @@ pub fn normalize_payload(event: &str, payload: Value) -> Result<Value, DomainErr
 /// The draft is checked by the walk of `check.rs`; only a draft that walk is not sure of becomes a
 /// `Value` for the typed struct to decide (and word the error).
 pub fn normalize_draft(
-    event: &str,
+    spec: &'static EventSpec,
     mut draft: Draft<'_>,
 ) -> Result<(Payload, StreamKeys), DomainError> {
-    let (spec, check) = spec_and_check(event)?;
+    let event = spec.name;
+    // The entry's position in the catalogue: by address (mappings hold the catalogue's own entry),
+    // else by name.
+    let index = CATALOGUE
+        .iter()
+        .position(|s| std::ptr::eq(s, spec))
+        .or_else(|| CATALOGUE.iter().position(|s| s.name == event))
+        .ok_or_else(|| DomainError::UnknownEvent(event.to_owned()))?;
+    let check = &checks()[index];
     let mut droppable = false;
     if check.passes(&draft, &mut droppable) {
         if droppable {

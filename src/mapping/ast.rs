@@ -186,8 +186,22 @@ pub(crate) enum Build {
 #[derive(Debug, Clone)]
 pub(crate) struct FieldRule {
     pub name: String,
+    /// The name as a JSON object key with its colon, `"name":`, written into every payload as it is.
+    pub json_key: String,
     pub pos: Pos,
     pub rule: Rule,
+}
+
+impl FieldRule {
+    pub fn new(name: String, pos: Pos, rule: Rule) -> FieldRule {
+        let json_key = format!("{}:", serde_json::Value::String(name.clone()));
+        FieldRule {
+            name,
+            json_key,
+            pos,
+            rule,
+        }
+    }
 }
 
 /// Where a rule's value comes from: exactly one per rule.
@@ -315,6 +329,8 @@ pub(crate) struct Inbound {
     pub file: usize,
     pub messages: Vec<(String, String)>,
     pub event: String,
+    /// The event's catalogue entry (`None` only in a set that failed to load).
+    pub spec: Option<&'static crate::domain::EventSpec>,
     pub schema_version: i32,
     pub stream: Vec<StreamKind>,
     /// Where `stream:` is written, for problems about it.

@@ -12,26 +12,41 @@
 
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::num::NonZeroU32;
 
-use crate::hl7::{Index, Level, Location, Message, Segment, Value};
+use crate::hl7::{Index, Level, Location, Message, Path, Segment, Value};
 
 use super::ast::PathRef;
 use super::eval::{Doc, Sink};
 
 /// Where a value is (or would be). Segment IDs are always three ASCII characters, so the location is `Copy` and
-/// costs no allocation until an error or an explanation needs it as text. The numbers are `u32`: every selected
-/// value carries its location through several calls, and at half the size (44 bytes) the copies cost
-/// noticeably less; no frame holds 4 billion of anything (larger numbers would saturate).
+/// costs no allocation until an error or an explanation needs it as text. The numbers are `u32` (the 1-based
+/// ones non-zero, so that their `Option` takes no room): every selected value carries its location through
+/// several calls, and at 28 bytes instead of 80 the copies cost noticeably less; no frame holds 4 billion of
+/// anything (larger numbers would saturate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Loc {
     id: [u8; 3],
     occurrence: u32,
     /// 1-based among all segments; 0 when the segment is not in the message.
     position: u32,
-    field: Option<u32>,
-    rep: Option<u32>,
-    comp: Option<u32>,
-    sub: Option<u32>,
+    field: Option<NonZeroU32>,
+    rep: Option<NonZeroU32>,
+    comp: Option<NonZeroU32>,
+    sub: Option<NonZeroU32>,
+}
+
+/// Field, repetition, component and subcomponent numbers are 1-based (paths refuse 0), so `None` costs no
+/// room: a location is 28 bytes instead of 44.
+const ONE: NonZeroU32 = NonZeroU32::MIN;
+
+/// A 1-based number as stored in a [`Loc`] (saturating, as [`n32`]).
+fn nz(n: usize) -> NonZeroU32 {
+    NonZeroU32::new(n32(n)).unwrap_or(ONE)
+}
+
+fn widez(n: NonZeroU32) -> usize {
+    wide(n.get())
 }
 
 /// A position or count as stored in a [`Loc`].
@@ -73,10 +88,10 @@ impl Loc {
             segment: self.id().to_string(),
             occurrence: wide(self.occurrence),
             position: wide(self.position),
-            field: self.field.map(wide),
-            repetition: self.rep.or(self.comp.map(|_| 1)).map(wide),
-            component: self.comp.map(wide),
-            subcomponent: self.sub.map(wide),
+            field: self.field.map(widez),
+            repetition: self.rep.or(self.comp.map(|_| ONE)).map(widez),
+            component: self.comp.map(widez),
+            subcomponent: self.sub.map(widez),
         }
     }
 
@@ -88,7 +103,7 @@ impl Loc {
         }
         if let Some(f) = self.field {
             s.push_str(&format!(".{f}"));
-            if let Some(r) = self.rep.filter(|r| *r > 1) {
+            if let Some(r) = self.rep.filter(|r| r.get() > 1) {
                 s.push_str(&format!("[{r}]"));
             }
             if let Some(c) = self.comp {
@@ -103,10 +118,10 @@ impl Loc {
 
     /// One level down from a value at `level`.
     fn down(mut self, level: Level, n: usize) -> Loc {
-        let n = n32(n);
+        let n = nz(n);
         match level {
             Level::Field => {
-                self.rep = self.rep.or(Some(1));
+                self.rep = self.rep.or(Some(ONE));
                 self.comp = Some(n);
             }
             Level::Repetition => self.comp = Some(n),
@@ -132,6 +147,8 @@ pub(crate) struct Hl7Doc<'m, 'a> {
     /// `segs`' IDs as bytes: paths look segments up by ID all the time, and comparing three bytes inline
     /// costs less than comparing `&str`s through `memcmp`.
     ids: Vec<[u8; 3]>,
+    /// Each segment's location: every absolute path starts from one.
+    locs: Vec<Loc>,
     /// The current `for_each` group as a half-open range of segment indexes.
     group: Option<(usize, usize)>,
     /// Segment IDs that resolve inside the group (those found from the first group on).
@@ -267,9 +284,9 @@ fn leaf<'a>(item: Item<'a>, mut loc: Loc) -> Option<(&'a str, Cow<'a, str>, Loc)
         // The separator is ASCII, so the cut falls on a character boundary.
         raw = raw.get(..end).unwrap_or("");
         match first + i {
-            0 => loc.rep = Some(1),
-            1 => loc.comp = Some(1),
-            _ => loc.sub = Some(1),
+            0 => loc.rep = Some(ONE),
+            1 => loc.comp = Some(ONE),
+            _ => loc.sub = Some(ONE),
         }
     }
     let v = Value::new(raw, seps, Level::Leaf);
@@ -301,6 +318,10 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
         Hl7Doc {
             // A parsed segment's ID is always three bytes; `[0; 3]` could match no path.
             ids: segs.iter().map(|s| id3(s.id()).unwrap_or([0; 3])).collect(),
+            locs: segs
+                .iter()
+                .map(|s| Loc::segment(s.id(), s.occurrence(), s.position()))
+                .collect(),
             segs,
             group: None,
             group_ids: Vec::new(),
@@ -355,8 +376,7 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
     }
 
     fn seg_loc(&self, idx: usize) -> Loc {
-        let s = &self.segs[idx];
-        Loc::segment(s.id(), s.occurrence(), s.position())
+        self.locs[idx]
     }
 
     /// Every value a path selects (the first only, when `first_only`), with locations.
@@ -416,6 +436,106 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
         }
     }
 
+    /// The first value a path selects: what [`Hl7Doc::select_hl7`] gives with `first_only`, found in a
+    /// loop instead of through the recursive, sink-generic walk. Most lookups are of one value, and the
+    /// walk's calls (each moving an item and its location) were the largest part of mapping a message.
+    /// `first_agrees_with_select` pins the two together.
+    fn first_hl7(&self, scope: Scope<'a>, p: &PathRef) -> Option<(Item<'a>, Loc)> {
+        match p {
+            PathRef::Abs(path) => {
+                let (from, to) = self.range_for(&path.segment);
+                let want = id3(&path.segment)?;
+                let mut seen = 0usize;
+                for idx in from..to {
+                    if self.ids[idx] != want {
+                        continue;
+                    }
+                    seen += 1;
+                    match path.segment_index {
+                        Index::Default if seen > 1 => return None,
+                        Index::Nth(n) if seen < n => continue,
+                        Index::Nth(n) if seen > n => return None,
+                        _ => {}
+                    }
+                    let found = self.first_in(Item::Seg(idx), self.seg_loc(idx), path);
+                    if found.is_some() {
+                        return found;
+                    }
+                }
+                None
+            }
+            PathRef::Rel(path) => {
+                let (item, loc) = scope?;
+                self.first_in(item, loc, path)
+            }
+            PathRef::Json(_) => None,
+        }
+    }
+
+    /// [`Hl7Doc::first_hl7`] below one item (a segment or a value).
+    fn first_in(&self, item: Item<'a>, loc: Loc, path: &Path) -> Option<(Item<'a>, Loc)> {
+        let Some(n) = path.field else {
+            return Some((item, loc));
+        };
+        let rest = [path.component, path.subcomponent];
+        match item {
+            Item::Seg(idx) => {
+                let field = self.segs[idx].field(n)?;
+                let mut floc = loc;
+                floc.field = Some(nz(n));
+                let value = field.value();
+                if rest[0].is_none() && path.repetition == Index::Default {
+                    return Some((Item::Val(value), floc));
+                }
+                let rep_loc = |r: usize| Loc {
+                    rep: Some(nz(r)),
+                    ..floc
+                };
+                let steps = [rest[0], rest[1], None];
+                match path.repetition {
+                    Index::Default => self.first_down(value.repetition(1)?, rep_loc(1), steps),
+                    Index::Nth(r) => self.first_down(value.repetition(r)?, rep_loc(r), steps),
+                    Index::All => value
+                        .repetitions()
+                        .enumerate()
+                        .find_map(|(i, rep)| self.first_down(rep, rep_loc(i + 1), steps)),
+                }
+            }
+            Item::Val(v) => {
+                let (v, loc) = match (v.level(), path.repetition) {
+                    (Level::Field, Index::Nth(r)) => (
+                        v.repetition(r)?,
+                        Loc {
+                            rep: Some(nz(r)),
+                            ..loc
+                        },
+                    ),
+                    _ => (v, loc),
+                };
+                self.first_down(v, loc, [Some(n), rest[0], rest[1]])
+            }
+        }
+    }
+
+    /// Components (then subcomponents) `steps` down from a value, up to the first `None`.
+    fn first_down(
+        &self,
+        mut v: Value<'a>,
+        mut loc: Loc,
+        steps: [Option<usize>; 3],
+    ) -> Option<(Item<'a>, Loc)> {
+        for n in steps.into_iter().map_while(|s| s) {
+            let next = match v.level() {
+                Level::Leaf if n == 1 => v,
+                Level::Leaf => return None,
+                _ => self.split.borrow_mut().component(v, n)?,
+            };
+            loc = loc.down(v.level(), n);
+            v = next;
+        }
+        Some((Item::Val(v), loc))
+    }
+
     /// Goes down from an item: `step` (with `index` when it selects field repetitions), then `rest`.
     #[allow(clippy::too_many_arguments)]
     fn descend<S: Sink<(Item<'a>, Loc)>>(
@@ -438,7 +558,7 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
                     return;
                 };
                 let mut floc = loc;
-                floc.field = Some(n32(n));
+                floc.field = Some(nz(n));
                 let value = field.value();
                 if rest[0].is_none() && index == Index::Default {
                     out.put((Item::Val(value), floc));
@@ -446,7 +566,7 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
                 }
                 let emit = |r: usize, rep: Value<'a>, out: &mut S| {
                     let mut rloc = floc;
-                    rloc.rep = Some(n32(r));
+                    rloc.rep = Some(nz(r));
                     self.descend(
                         Item::Val(rep),
                         rloc,
@@ -486,7 +606,7 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
                         Some(rep) => (
                             rep,
                             Loc {
-                                rep: Some(n32(r)),
+                                rep: Some(nz(r)),
                                 ..loc
                             },
                         ),
@@ -555,13 +675,13 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
         let steps = [path.field, path.component, path.subcomponent];
         match level {
             None => {
-                loc.field = path.field.map(n32).or(loc.field);
+                loc.field = path.field.map(nz).or(loc.field);
                 loc.rep = match path.repetition {
-                    Index::Nth(r) => Some(n32(r)),
+                    Index::Nth(r) => Some(nz(r)),
                     _ => None,
                 };
-                loc.comp = path.component.map(n32);
-                loc.sub = path.subcomponent.map(n32);
+                loc.comp = path.component.map(nz);
+                loc.sub = path.subcomponent.map(nz);
             }
             Some(mut level) => {
                 for n in steps.into_iter().flatten() {
@@ -590,6 +710,11 @@ impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
         out: &mut impl Sink<(Item<'a>, Loc)>,
     ) {
         self.select_hl7(scope, p, first_only, out);
+    }
+
+    #[inline]
+    fn first(&self, scope: Scope<'a>, p: &PathRef) -> Option<(Item<'a>, Loc)> {
+        self.first_hl7(scope, p)
     }
 
     #[inline]
@@ -660,6 +785,107 @@ impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
 mod tests {
     use super::*;
     use crate::hl7::Separators;
+
+    /// `first_hl7` must find exactly what the general walk finds first: every fixture message, absolute
+    /// paths at every depth and index, and relative paths from every value they select.
+    #[test]
+    fn first_agrees_with_select() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hl7v2");
+        let mut files: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
+            .collect();
+        files.sort();
+        assert!(files.len() > 20, "{files:?}");
+        let key = |found: Option<(Item<'_>, Loc)>| {
+            found.map(|(item, loc)| match item {
+                Item::Seg(i) => (format!("seg {i}"), loc),
+                Item::Val(v) => (format!("{:?} {:?}", v.raw(), v.level()), loc),
+            })
+        };
+        let indexes = ["", "[1]", "[2]", "[3]", "[*]"];
+        let mut compared = 0;
+        for file in files {
+            let bytes = std::fs::read(&file).unwrap();
+            let Ok(decoded) = crate::hl7::decode(&bytes, &Default::default()) else {
+                continue;
+            };
+            let Ok(msg) = Message::parse(&decoded.text) else {
+                continue;
+            };
+            let doc = Hl7Doc::new(&msg);
+            let ids: Vec<String> = msg.segments().map(|s| s.id().to_string()).collect();
+            for id in &ids {
+                for si in indexes {
+                    for f in 0..=12 {
+                        for fi in indexes {
+                            for c in 0..=7 {
+                                for s in 0..=3 {
+                                    let mut text = format!("{id}{si}");
+                                    if f > 0 {
+                                        text.push_str(&format!(".{f}{fi}"));
+                                        if c > 0 {
+                                            text.push_str(&format!(".{c}"));
+                                            if s > 0 {
+                                                text.push_str(&format!(".{s}"));
+                                            }
+                                        }
+                                    } else if !fi.is_empty() || c > 0 || s > 0 {
+                                        continue;
+                                    }
+                                    let Ok(path) = text.parse::<Path>() else {
+                                        continue;
+                                    };
+                                    let p = PathRef::Abs(path);
+                                    let mut general = None;
+                                    doc.select_hl7(None, &p, true, &mut general);
+                                    assert_eq!(
+                                        key(doc.first_hl7(None, &p)),
+                                        key(general),
+                                        "{} {text}",
+                                        file.display()
+                                    );
+                                    compared += 1;
+                                    // Relative paths from every value the absolute path selects.
+                                    let mut all = Vec::new();
+                                    doc.select_hl7(None, &p, false, &mut all);
+                                    for scope in all.into_iter().take(3) {
+                                        for rel in [
+                                            ".1", ".2", ".1.1", ".4.1", ".2.2", ".1[2]", ".3[2].1",
+                                            ".",
+                                        ] {
+                                            let Ok(rp) = format!("ZZZ{rel}")
+                                                .parse::<Path>()
+                                                .or_else(|_| "ZZZ".parse::<Path>())
+                                            else {
+                                                continue;
+                                            };
+                                            let rp = PathRef::Rel(if rel == "." {
+                                                Path { field: None, ..rp }
+                                            } else {
+                                                rp
+                                            });
+                                            let mut general = None;
+                                            doc.select_hl7(Some(scope), &rp, true, &mut general);
+                                            assert_eq!(
+                                                key(doc.first_hl7(Some(scope), &rp)),
+                                                key(general),
+                                                "{} {text} then {rel}",
+                                                file.display()
+                                            );
+                                            compared += 1;
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(compared > 10_000, "{compared}");
+    }
 
     /// The cached split must give exactly what `Value::component` gives: fields (first repetition only),
     /// repetitions, empty and trailing components, more components than the cache holds, and values split

@@ -8,7 +8,7 @@
 
 use std::borrow::Cow;
 
-use crate::domain::{self, Draft, StreamKind};
+use crate::domain::{self, Draft, Key, StreamKind};
 use crate::hl7::Location;
 
 use super::ast::{Ast, Build, Condition, FieldRule, Inbound, Match, PathRef, Rule, Source, Test};
@@ -61,6 +61,17 @@ pub(crate) trait Doc<'a> {
         first_only: bool,
         out: &mut impl Sink<(Self::Item, Self::Loc)>,
     );
+    /// The first value a path selects: what `select` with `first_only` gives (sources override it with a
+    /// faster walk).
+    fn first(
+        &self,
+        scope: Option<(Self::Item, Self::Loc)>,
+        p: &PathRef,
+    ) -> Option<(Self::Item, Self::Loc)> {
+        let mut out = None;
+        self.select(scope, p, true, &mut out);
+        out
+    }
     /// Where a path points even when nothing is there: for the error about a missing value.
     fn loc_of(&self, scope: Option<(Self::Item, Self::Loc)>, p: &PathRef) -> Option<Self::Loc>;
     /// The text of a value as the source has it (raw) and as output (decoded), with the location of the
@@ -124,9 +135,10 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             event_index: 0,
             out: String::new(),
             rules: Vec::new(),
-            names: Vec::new(),
+            // Deep enough for every shipped mapping, so that no message grows them.
+            names: Vec::with_capacity(8),
             name_prefix: String::new(),
-            selections: Vec::new(),
+            selections: Vec::with_capacity(4),
             _doc: std::marker::PhantomData,
         }
     }
@@ -190,9 +202,7 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
     }
 
     fn first(&self, scope: Scope<'a, D>, p: &PathRef) -> Option<(D::Item, D::Loc)> {
-        let mut out = None;
-        self.doc.select(scope, p, true, &mut out);
-        out
+        self.doc.first(scope, p)
     }
 
     fn text_at(&self, scope: Scope<'a, D>, p: &PathRef) -> Option<Cow<'a, str>> {
@@ -264,7 +274,11 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                 if members.capacity() == 0 {
                     members.reserve_exact(fields.len());
                 }
-                members.push((f.name.as_str(), v));
+                let key = Key {
+                    name: &f.name,
+                    json: Some(&f.json_key),
+                };
+                members.push((key, v));
             }
         }
         Ok((!members.is_empty()).then(|| Draft::object(members)))
@@ -625,7 +639,11 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             let draft = self
                 .fields(&m.fields, None)?
                 .unwrap_or_else(|| Draft::Object(Vec::new()));
-            let (payload, keys) = domain::normalize_draft(&m.event, draft).map_err(|e| {
+            let spec = m
+                .spec
+                .ok_or_else(|| domain::DomainError::UnknownEvent(m.event.clone()));
+            let normalized = spec.and_then(|spec| domain::normalize_draft(spec, draft));
+            let (payload, keys) = normalized.map_err(|e| {
                 self.err(
                     MapErrorCode::DataType,
                     None,

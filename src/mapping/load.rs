@@ -786,11 +786,7 @@ impl Loader<'_> {
                 continue;
             }
             if let Some(rule) = self.rule(file, v, scoped) {
-                out.push(FieldRule {
-                    name: name.to_string(),
-                    pos: k.pos,
-                    rule,
-                });
+                out.push(FieldRule::new(name.to_string(), k.pos, rule));
             }
         }
         out
@@ -1222,6 +1218,7 @@ impl Loader<'_> {
             file,
             messages: Vec::new(),
             event: String::new(),
+            spec: None,
             schema_version: 0,
             stream: Vec::new(),
             stream_pos: node.pos,
@@ -1331,6 +1328,7 @@ impl Loader<'_> {
                     match domain::event_spec(&name) {
                         Some(spec) => {
                             m.event = spec.name.to_string();
+                            m.spec = Some(spec);
                             m.schema_version = spec.schema_version;
                         }
                         None => {
@@ -2124,11 +2122,7 @@ impl Loader<'_> {
                     continue;
                 }
                 if let Some(r) = self.rule(file, rule, scoped) {
-                    seg.fields.push(FieldRule {
-                        name: n.to_string(),
-                        pos: fk.pos,
-                        rule: r,
-                    });
+                    seg.fields.push(FieldRule::new(n.to_string(), fk.pos, r));
                 }
             }
             if let Some((_, u)) = fields.iter().find(|(k, _)| k.as_str() == Some("use")) {

@@ -268,3 +268,21 @@ pub(crate) fn assign_versions<'a>(
     }
     Ok(planned)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::has_escaped_nul;
+
+    #[test]
+    fn a_nul_is_found_by_its_escape_and_only_there() {
+        let with_nul = serde_json::json!({ "name": ["x\u{0}y"] }).to_string();
+        assert!(has_escaped_nul(&with_nul), "{with_nul}");
+        // A backslash followed by `u0000` is text, not a NUL; so are other escapes.
+        let backslash = serde_json::json!({ "name": "C:\\u0000", "x": "\u{1}\"\\" }).to_string();
+        assert!(!has_escaped_nul(&backslash), "{backslash}");
+        assert!(has_escaped_nul(r#""\\\u0000""#));
+        assert!(!has_escaped_nul(r#""\\u0000""#));
+        assert!(!has_escaped_nul(r#""\"#));
+        assert!(!has_escaped_nul(""));
+    }
+}
