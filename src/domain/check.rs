@@ -86,7 +86,7 @@ impl Check {
             (Check::Nullable(inner), _) => inner.passes(v, droppable),
             (Check::Text(t), View::Text(s)) => match t {
                 Text::Any => true,
-                Text::NonBlank => !s.trim().is_empty(),
+                Text::NonBlank => !super::model::trim(s).is_empty(),
                 Text::Date => valid_date(s),
                 Text::DateTime => valid_date_time(s),
             },

@@ -473,7 +473,7 @@ pub(crate) fn key_of<T: Tree>(kind: StreamKind, payload: &T) -> Option<StreamKey
                 .or_else(|| order.member("filler_order_number"))
         }
     }?;
-    let value = identifier.member("value")?.text()?.trim();
+    let value = super::model::trim(identifier.member("value")?.text()?);
     if value.is_empty() {
         return None;
     }

@@ -762,17 +762,19 @@ impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
     }
 
     #[inline]
-    fn groups(&mut self, starts: &[String]) -> Vec<Option<(usize, usize)>> {
+    fn groups(&mut self, starts: &[String], out: &mut Vec<Option<(usize, usize)>>) {
+        out.clear();
         if starts.is_empty() {
             self.group_ids.clear();
             self.groups_for.clear();
-            return vec![None];
+            out.push(None);
+            return;
         }
         if self.groups_for != starts {
             self.groups = self.group_ranges(starts);
             self.groups_for = starts.to_vec();
         }
-        self.groups.iter().copied().map(Some).collect()
+        out.extend(self.groups.iter().copied().map(Some));
     }
 
     #[inline]

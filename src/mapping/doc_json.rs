@@ -210,8 +210,9 @@ impl<'a> Doc<'a> for JsonDoc<'a> {
         }
     }
 
-    fn groups(&mut self, _starts: &[String]) -> Vec<Option<(usize, usize)>> {
-        vec![None]
+    fn groups(&mut self, _starts: &[String], out: &mut Vec<Option<(usize, usize)>>) {
+        out.clear();
+        out.push(None);
     }
 
     fn enter(&mut self, _group: Option<(usize, usize)>) {}

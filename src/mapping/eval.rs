@@ -91,8 +91,8 @@ pub(crate) trait Doc<'a> {
     fn location(&self, loc: Self::Loc) -> Option<Location>;
     /// The location in the syntax analysts read: `PID.3[2].1`, `Patient.identifier[1].value`.
     fn path(&self, loc: Self::Loc) -> String;
-    /// The `for_each` groups (start, end); `[None]` for the whole document.
-    fn groups(&mut self, starts: &[String]) -> Vec<Option<(usize, usize)>>;
+    /// The `for_each` groups (start, end) into `out` (emptied first); `[None]` for the whole document.
+    fn groups(&mut self, starts: &[String], out: &mut Vec<Option<(usize, usize)>>);
     /// Makes absolute paths resolve inside a group (or the whole document with `None`).
     fn enter(&mut self, group: Option<(usize, usize)>);
 }
@@ -121,6 +121,8 @@ pub(crate) struct Eval<'s, 'a, D: Doc<'a>> {
     /// Emptied lists for `each` and `pick` to select into, kept for the next one: a list per rule was a good
     /// part of the allocations of a message. A stack, because an `each` item's rules may hold an `each` too.
     selections: Vec<Vec<(D::Item, D::Loc)>>,
+    /// The groups of the file being mapped, kept for the next file.
+    groups: Vec<Option<(usize, usize)>>,
     _doc: std::marker::PhantomData<&'a ()>,
 }
 
@@ -139,6 +141,7 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             names: Vec::with_capacity(8),
             name_prefix: String::new(),
             selections: Vec::with_capacity(4),
+            groups: Vec::new(),
             _doc: std::marker::PhantomData,
         }
     }
@@ -272,7 +275,8 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             self.out.truncate(len);
             if let Some(v) = v? {
                 if members.capacity() == 0 {
-                    members.reserve_exact(fields.len());
+                    // Allocated directly (`reserve` on an empty vector goes through its growth path).
+                    members = Vec::with_capacity(fields.len());
                 }
                 let key = Key {
                     name: &f.name,
@@ -624,13 +628,14 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
 
     // ---- whole events -------------------------------------------------------------------------------------
 
-    /// The events of one inbound file: one per group with `for_each`, else at most one. Each comes with the
-    /// index of the segment its group starts at, for ordering across files.
-    pub fn events(&mut self, m: &'s Inbound) -> Res<Vec<(usize, MappedEvent)>> {
+    /// The events of one inbound file, appended to `out`: one per group with `for_each`, else at most one.
+    /// Each comes with the index of the segment its group starts at, for ordering across files.
+    pub fn events(&mut self, m: &'s Inbound, out: &mut Vec<(usize, MappedEvent)>) -> Res<()> {
         self.mapping = &m.name;
-        let groups = self.doc.groups(&m.for_each);
-        let mut out = Vec::new();
-        for g in groups {
+        // The list is kept for the next file (a message is tried against several).
+        let mut groups = std::mem::take(&mut self.groups);
+        self.doc.groups(&m.for_each, &mut groups);
+        for &g in &groups {
             self.doc.enter(g);
             if !m.when.iter().all(|c| self.holds(c, None)) {
                 continue;
@@ -701,6 +706,7 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             self.event_index += 1;
         }
         self.doc.enter(None);
-        Ok(out)
+        self.groups = groups;
+        Ok(())
     }
 }

@@ -348,13 +348,16 @@ impl MappingSet {
         );
         let mut events = Vec::new();
         for &i in files {
-            events.extend(ev.events(&self.ast.inbound[i])?.into_iter().map(|(_, e)| e));
+            ev.events(&self.ast.inbound[i], &mut events)?;
         }
         let explanations = ev.explain.take().unwrap_or_default();
         if events.is_empty() {
             return Ok((Mapped::Unmapped, Vec::new()));
         }
-        Ok((Mapped::Events(events), explanations))
+        Ok((
+            Mapped::Events(events.into_iter().map(|(_, e)| e).collect()),
+            explanations,
+        ))
     }
 
     /// Maps a message to events.
@@ -393,10 +396,17 @@ impl MappingSet {
         let mut ev = eval::Eval::new(&self.ast, &self.tz, doc_hl7::Hl7Doc::new(message), explain);
         let mut events = Vec::new();
         for &i in files {
-            events.extend(ev.events(&self.ast.inbound[i])?);
+            ev.events(&self.ast.inbound[i], &mut events)?;
         }
         if events.is_empty() {
             return Ok((Mapped::Unmapped, Vec::new()));
+        }
+        if let ([_], false) = (events.as_slice(), explain) {
+            // One event: nothing to order.
+            return Ok((
+                Mapped::Events(events.into_iter().map(|(_, e)| e).collect()),
+                Vec::new(),
+            ));
         }
         // Message order of groups; files in name order within one group (the sort is stable).
         let mut order: Vec<usize> = (0..events.len()).collect();

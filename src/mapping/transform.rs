@@ -14,6 +14,8 @@ use std::borrow::Cow;
 use jiff::civil::{Date, DateTime};
 use jiff::tz::TimeZone;
 
+use crate::domain::trim;
+
 /// A named transform. See [`Transform::NAMES`] for the spelling in mapping files.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transform {
@@ -111,9 +113,9 @@ impl Transform {
         };
         Ok(match self {
             Transform::Trim => Out::Str(match text {
-                Cow::Borrowed(t) => Cow::Borrowed(t.trim()),
-                Cow::Owned(t) if t.trim().len() == t.len() => Cow::Owned(t),
-                Cow::Owned(t) => Cow::Owned(t.trim().to_owned()),
+                Cow::Borrowed(t) => Cow::Borrowed(trim(t)),
+                Cow::Owned(t) if trim(&t).len() == t.len() => Cow::Owned(t),
+                Cow::Owned(t) => Cow::Owned(trim(&t).to_owned()),
             }),
             Transform::Upper => recase(text, u8::is_ascii_lowercase, str::to_uppercase),
             Transform::Lower => recase(text, u8::is_ascii_uppercase, str::to_lowercase),
@@ -267,13 +269,13 @@ fn parse_hl7_time(text: &str) -> Result<Hl7Time<'_>, String> {
             "the date and time part must have 4, 6, 8, 10, 12 or 14 digits",
         ));
     }
-    let num = |r: std::ops::Range<usize>| -> Option<i8> {
-        digits.get(r).and_then(|s| s.parse::<i8>().ok())
+    // Every byte is a digit (checked above), so the numbers are read by arithmetic, not `str::parse`.
+    let value = |r: std::ops::Range<usize>| -> Option<i16> {
+        let d = digits.as_bytes().get(r)?;
+        Some(d.iter().fold(0, |acc, b| acc * 10 + i16::from(b - b'0')))
     };
-    let year: i16 = digits
-        .get(0..4)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no year"))?;
+    let num = |r: std::ops::Range<usize>| value(r).and_then(|v| i8::try_from(v).ok());
+    let year: i16 = value(0..4).ok_or_else(|| bad("no year"))?;
     let t = Hl7Time {
         year,
         month: num(4..6),
@@ -325,21 +327,26 @@ fn parse_hl7_time(text: &str) -> Result<Hl7Time<'_>, String> {
 /// Appends `n` zero-padded to `width` digits, as `{n:0width$}` would: every mapped message formats a few
 /// dates, and `format!` costs several times this.
 fn push_padded(s: &mut String, n: i32, width: u32) {
-    if n < 0 || n >= 10_i32.pow(width) {
+    // Widths of 2 and 4 only here; anything else, or a number that does not fit, goes to `format!`.
+    let fits = match width {
+        2 => (0..100).contains(&n),
+        4 => (0..10_000).contains(&n),
+        _ => false,
+    };
+    if !fits {
         use std::fmt::Write;
         let _ = write!(s, "{n:0w$}", w = width as usize);
         return;
     }
-    // Digits from the last, into a buffer: one division by the constant 10 per digit (a power per digit
-    // cost more than the rest of formatting a time).
-    let mut digits = [b'0'; 10];
-    let width = (width as usize).min(digits.len());
-    let mut rest = n;
-    for d in digits[..width].iter_mut().rev() {
-        *d = b'0' + (rest % 10) as u8;
-        rest /= 10;
+    // Each digit pushed as a character: going through a buffer and `from_utf8` cost more than the
+    // arithmetic.
+    let digit = |d: i32| char::from(b'0' + (d % 10) as u8);
+    if width == 4 {
+        s.push(digit(n / 1000));
+        s.push(digit(n / 100));
     }
-    s.push_str(std::str::from_utf8(&digits[..width]).unwrap_or(""));
+    s.push(digit(n / 10));
+    s.push(digit(n));
 }
 
 fn push_date_part(s: &mut String, t: &Hl7Time<'_>) {
@@ -362,12 +369,12 @@ fn date_part(t: &Hl7Time<'_>) -> String {
 
 /// HL7 DT or DTM → FHIR date (the date as written; a time and offset are dropped).
 pub fn fhir_date(text: &str) -> Result<String, String> {
-    Ok(date_part(&parse_hl7_time(text.trim())?))
+    Ok(date_part(&parse_hl7_time(trim(text))?))
 }
 
 /// HL7 DTM → FHIR dateTime; see [`Transform::DateTime`].
 pub fn fhir_datetime(text: &str, tz: &TimeZone) -> Result<String, String> {
-    let t = parse_hl7_time(text.trim())?;
+    let t = parse_hl7_time(trim(text))?;
     let (Some(month), Some(day), Some(hour)) = (t.month, t.day, t.hour) else {
         return Ok(date_part(&t));
     };
