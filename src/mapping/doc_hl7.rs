@@ -855,7 +855,7 @@ mod tests {
                                     for scope in all.into_iter().take(3) {
                                         for rel in [
                                             ".1", ".2", ".1.1", ".4.1", ".2.2", ".1[2]", ".3[2].1",
-                                            ".",
+                                            ".3[*]", ".3[*].1", ".",
                                         ] {
                                             let Ok(rp) = format!("ZZZ{rel}")
                                                 .parse::<Path>()
