@@ -379,6 +379,22 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
         self.locs[idx]
     }
 
+    /// The segments an absolute path starts from, in message order: the first with its ID, the nth
+    /// (`PID[2]`) or every one (`OBX[*]`), inside the current group when the ID belongs to it.
+    fn segments_of<'p>(&'p self, path: &'p Path) -> impl Iterator<Item = usize> + 'p {
+        let (from, to) = self.range_for(&path.segment);
+        let want = id3(&path.segment);
+        let (skip, take) = match path.segment_index {
+            Index::Default => (0, 1),
+            Index::Nth(n) => (n.saturating_sub(1), usize::from(n > 0)),
+            Index::All => (0, usize::MAX),
+        };
+        (from..to)
+            .filter(move |&idx| want == Some(self.ids[idx]))
+            .skip(skip)
+            .take(take)
+    }
+
     /// Every value a path selects (the first only, when `first_only`), with locations.
     fn select_hl7(
         &self,
@@ -389,22 +405,7 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
     ) {
         match p {
             PathRef::Abs(path) => {
-                let (from, to) = self.range_for(&path.segment);
-                let Some(want) = id3(&path.segment) else {
-                    return;
-                };
-                let mut seen = 0usize;
-                for idx in from..to {
-                    if self.ids[idx] != want {
-                        continue;
-                    }
-                    seen += 1;
-                    match path.segment_index {
-                        Index::Default if seen > 1 => return,
-                        Index::Nth(n) if seen < n => continue,
-                        Index::Nth(n) if seen > n => return,
-                        _ => {}
-                    }
+                for idx in self.segments_of(path) {
                     let loc = self.seg_loc(idx);
                     self.descend(
                         Item::Seg(idx),
@@ -442,28 +443,9 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
     /// `first_agrees_with_select` pins the two together.
     fn first_hl7(&self, scope: Scope<'a>, p: &PathRef) -> Option<(Item<'a>, Loc)> {
         match p {
-            PathRef::Abs(path) => {
-                let (from, to) = self.range_for(&path.segment);
-                let want = id3(&path.segment)?;
-                let mut seen = 0usize;
-                for idx in from..to {
-                    if self.ids[idx] != want {
-                        continue;
-                    }
-                    seen += 1;
-                    match path.segment_index {
-                        Index::Default if seen > 1 => return None,
-                        Index::Nth(n) if seen < n => continue,
-                        Index::Nth(n) if seen > n => return None,
-                        _ => {}
-                    }
-                    let found = self.first_in(Item::Seg(idx), self.seg_loc(idx), path);
-                    if found.is_some() {
-                        return found;
-                    }
-                }
-                None
-            }
+            PathRef::Abs(path) => self
+                .segments_of(path)
+                .find_map(|idx| self.first_in(Item::Seg(idx), self.seg_loc(idx), path)),
             PathRef::Rel(path) => {
                 let (item, loc) = scope?;
                 self.first_in(item, loc, path)
