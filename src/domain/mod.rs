@@ -543,13 +543,6 @@ pub fn stream_key(kind: StreamKind, payload: &Value) -> Option<StreamKey> {
     payload::key_of(kind, payload)
 }
 
-/// The ids of the patient, encounter and order streams a payload names (those whose key it has),
-/// by stream kind: what events carry as `metadata.streams`, so projections and outbound lanes need
-/// not derive them again.
-pub fn stream_ids(tenant: &str, payload: &Value) -> serde_json::Map<String, Value> {
-    StreamKeys::of(payload).ids(tenant)
-}
-
 /// Namespace of Ferry's name-based stream ids (a random v4 UUID fixed once; changing it would move
 /// every stream).
 const STREAM_NAMESPACE: Uuid = Uuid::from_u128(0x5d1c_9a7e_42b3_4f0e_9c61_3b8e_f2a4_d017);

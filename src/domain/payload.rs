@@ -439,7 +439,8 @@ impl StreamKeys {
         self.0[i].as_ref()
     }
 
-    /// The stream ids, by kind, of the keys there are: what events carry as `metadata.streams`.
+    /// The stream ids, by kind, of the keys there are: what events carry as `metadata.streams`, so
+    /// projections and outbound lanes need not derive them again.
     pub fn ids(&self, tenant: &str) -> serde_json::Map<String, Value> {
         let mut streams = serde_json::Map::new();
         for (kind, key) in KINDS.iter().zip(&self.0) {
