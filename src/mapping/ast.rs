@@ -4,7 +4,6 @@
 //! rule carries a short description of itself for `explain` (`path PID.3[*] as CX`). Nothing here is public:
 //! the file format is the interface, and it is documented in `mappings/README.md`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 
 use crate::domain::StreamKind;
@@ -188,6 +187,8 @@ pub(crate) struct FieldRule {
     pub name: String,
     /// The name as a JSON object key with its colon, `"name":`, written into every payload as it is.
     pub json_key: String,
+    /// The name's place among its list's names, sorted: see [`rank_fields`].
+    pub rank: u32,
     pub pos: Pos,
     pub rule: Rule,
 }
@@ -198,9 +199,21 @@ impl FieldRule {
         FieldRule {
             name,
             json_key,
+            rank: 0,
             pos,
             rule,
         }
+    }
+}
+
+/// Gives each field of one `fields:` list its [`FieldRule::rank`], so that the objects built from the
+/// list sort their members by number ([`Draft::object_ranked`](crate::domain::Draft::object_ranked)). A
+/// list left unranked still builds correct objects, sorted by name at a higher cost.
+pub(crate) fn rank_fields(fields: &mut [FieldRule]) {
+    let mut order: Vec<usize> = (0..fields.len()).collect();
+    order.sort_by(|&a, &b| fields[a].name.cmp(&fields[b].name));
+    for (rank, i) in order.into_iter().enumerate() {
+        fields[i].rank = u32::try_from(rank).unwrap_or(u32::MAX);
     }
 }
 
@@ -264,12 +277,12 @@ pub(crate) struct Named {
 #[derive(Debug, Clone)]
 pub(crate) struct Table {
     pub name: String,
-    pub map: HashMap<String, String>,
+    pub map: foldhash::HashMap<String, String>,
     pub default: Option<String>,
     /// Value → code, for outbound rules with `reverse: true`: the table file's `reverse:` entries, then for
     /// every other value the first code in file order that maps to it (so `unknown` → `U` needs
     /// `reverse: {unknown: U}` in a table where `C: unknown` comes first).
-    pub reverse: HashMap<String, String>,
+    pub reverse: foldhash::HashMap<String, String>,
 }
 
 /// One `examples:` entry of an inbound file.

@@ -144,15 +144,15 @@ type Scope<'a> = Option<(Item<'a>, Loc)>;
 /// A parsed message as the evaluator reads it.
 pub(crate) struct Hl7Doc<'m, 'a> {
     segs: Vec<Segment<'m, 'a>>,
-    /// `segs`' IDs as bytes: paths look segments up by ID all the time, and comparing three bytes inline
-    /// costs less than comparing `&str`s through `memcmp`.
-    ids: Vec<[u8; 3]>,
+    /// `segs`' IDs as numbers ([`id_code`]): paths look segments up by ID all the time, and comparing one
+    /// number costs less than comparing `&str`s through `memcmp` (or three bytes one by one).
+    ids: Vec<u32>,
     /// Each segment's location: every absolute path starts from one.
     locs: Vec<Loc>,
     /// The current `for_each` group as a half-open range of segment indexes.
     group: Option<(usize, usize)>,
     /// Segment IDs that resolve inside the group (those found from the first group on).
-    group_ids: Vec<[u8; 3]>,
+    group_ids: Vec<u32>,
     /// The `for_each` list the groups were last found for, and those groups: the order files of one
     /// message (five for ORM^O01) share `[ORC, OBR]`, and finding the groups once per file was 8 % of
     /// mapping an order. `group_ids` belongs to the same list.
@@ -245,9 +245,13 @@ impl Components {
     }
 }
 
-/// A segment ID as bytes; `None` when it is not three bytes long (and so matches no segment).
-fn id3(id: &str) -> Option<[u8; 3]> {
-    id.as_bytes().try_into().ok()
+/// A segment ID as a number (its three bytes); `None` when it is not three bytes long (and so matches
+/// no segment). No ID is 0.
+fn id_code(id: &str) -> Option<u32> {
+    match id.as_bytes() {
+        &[a, b, c] => Some(u32::from_le_bytes([a, b, c, 1])),
+        _ => None,
+    }
 }
 
 fn is_blank(v: &Value<'_>) -> bool {
@@ -261,36 +265,30 @@ fn is_blank(v: &Value<'_>) -> bool {
 /// The text of a value: first repetition, component and subcomponent, decoded; `None` when empty or null.
 /// Borrowed from the message unless it has escapes: most texts are compared or looked up in a table and
 /// never need a `String` of their own.
-fn leaf<'a>(item: Item<'a>, mut loc: Loc) -> Option<(&'a str, Cow<'a, str>, Loc)> {
+fn leaf<'a>(item: Item<'a>) -> Option<(&'a str, Cow<'a, str>)> {
     let Item::Val(v) = item else {
         return None;
     };
-    // What `repetition(1)`, then `component(1)` down to a leaf, would give: each step keeps the text before
-    // its level's first separator (all of it when there is none, which is when the location does not
-    // name that step). Cutting the text directly spares building a splitter per step.
+    // What `repetition(1)`, then `component(1)` down to a leaf, would give: the text before the first
+    // separator of the value's level or a lower one, found in one pass (cutting at each level in turn
+    // scanned the text up to three times, and building a splitter per step cost more still).
     let seps = v.separators();
-    let mut raw = v.raw();
-    let steps: &[u8] = match v.level() {
-        Level::Field => &[seps.repetition, seps.component, seps.subcomponent],
-        Level::Repetition => &[seps.component, seps.subcomponent],
-        Level::Component => &[seps.subcomponent],
-        Level::Leaf => &[],
+    let raw = v.raw();
+    let bytes = raw.as_bytes();
+    let (r, c, s) = (seps.repetition, seps.component, seps.subcomponent);
+    let end = match v.level() {
+        Level::Field => bytes.iter().position(|&b| b == r || b == c || b == s),
+        Level::Repetition => bytes.iter().position(|&b| b == c || b == s),
+        Level::Component => bytes.iter().position(|&b| b == s),
+        Level::Leaf => None,
     };
-    let first = 3 - steps.len();
-    for (i, sep) in steps.iter().enumerate() {
-        let Some(end) = raw.bytes().position(|b| b == *sep) else {
-            continue;
-        };
-        // The separator is ASCII, so the cut falls on a character boundary.
-        raw = raw.get(..end).unwrap_or("");
-        match first + i {
-            0 => loc.rep = Some(ONE),
-            1 => loc.comp = Some(ONE),
-            _ => loc.sub = Some(ONE),
-        }
-    }
+    // The separators are ASCII, so the cut falls on a character boundary.
+    let raw = match end {
+        Some(end) => raw.get(..end).unwrap_or(""),
+        None => raw,
+    };
     let v = Value::new(raw, seps, Level::Leaf);
-    if v.raw().is_empty() || v.is_null() {
+    if raw.is_empty() || v.is_null() {
         return None;
     }
     // What `decoded` gives: the raw text itself unless it holds the escape character. `decoded` looks for it
@@ -309,15 +307,45 @@ fn leaf<'a>(item: Item<'a>, mut loc: Loc) -> Option<(&'a str, Cow<'a, str>, Loc)
     if text.is_empty() {
         return None;
     }
-    Some((raw, text, loc))
+    Some((raw, text))
+}
+
+/// Where [`leaf`]'s text is, for a value at `loc`: each level down whose separator the value has is
+/// named (as 1), the others are left out (`PID^1^5^1^1` for a name with components, `PID^1^8` for a
+/// plain sex code).
+fn leaf_loc(item: Item<'_>, mut loc: Loc) -> Loc {
+    let Item::Val(v) = item else {
+        return loc;
+    };
+    let seps = v.separators();
+    let mut raw = v.raw();
+    let steps: &[u8] = match v.level() {
+        Level::Field => &[seps.repetition, seps.component, seps.subcomponent],
+        Level::Repetition => &[seps.component, seps.subcomponent],
+        Level::Component => &[seps.subcomponent],
+        Level::Leaf => &[],
+    };
+    let first = 3 - steps.len();
+    for (i, sep) in steps.iter().enumerate() {
+        let Some(end) = raw.bytes().position(|b| b == *sep) else {
+            continue;
+        };
+        raw = raw.get(..end).unwrap_or("");
+        match first + i {
+            0 => loc.rep = Some(ONE),
+            1 => loc.comp = Some(ONE),
+            _ => loc.sub = Some(ONE),
+        }
+    }
+    loc
 }
 
 impl<'m, 'a> Hl7Doc<'m, 'a> {
     pub fn new(msg: &'m Message<'a>) -> Self {
         let segs: Vec<Segment<'m, 'a>> = msg.segments().collect();
         Hl7Doc {
-            // A parsed segment's ID is always three bytes; `[0; 3]` could match no path.
-            ids: segs.iter().map(|s| id3(s.id()).unwrap_or([0; 3])).collect(),
+            // A parsed segment's ID is always three bytes; 0 could match no path.
+            ids: segs.iter().map(|s| id_code(s.id()).unwrap_or(0)).collect(),
             locs: segs
                 .iter()
                 .map(|s| Loc::segment(s.id(), s.occurrence(), s.position()))
@@ -369,8 +397,14 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
 
     /// The segment range an absolute path's segment resolves in.
     fn range_for(&self, id: &str) -> (usize, usize) {
-        match self.group {
-            Some(g) if id3(id).is_some_and(|id| self.group_ids.contains(&id)) => g,
+        self.range_of(id_code(id))
+    }
+
+    /// [`Hl7Doc::range_for`] of an ID already made a number.
+    #[inline]
+    fn range_of(&self, id: Option<u32>) -> (usize, usize) {
+        match (self.group, id) {
+            (Some(g), Some(id)) if self.group_ids.contains(&id) => g,
             _ => (0, self.segs.len()),
         }
     }
@@ -382,8 +416,8 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
     /// The segments an absolute path starts from, in message order: the first with its ID, the nth
     /// (`PID[2]`) or every one (`OBX[*]`), inside the current group when the ID belongs to it.
     fn segments_of<'p>(&'p self, path: &'p Path) -> impl Iterator<Item = usize> + 'p {
-        let (from, to) = self.range_for(&path.segment);
-        let want = id3(&path.segment);
+        let want = id_code(&path.segment);
+        let (from, to) = self.range_of(want);
         let (skip, take) = match path.segment_index {
             Index::Default => (0, 1),
             Index::Nth(n) => (n.saturating_sub(1), usize::from(n > 0)),
@@ -443,6 +477,13 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
     /// `first_agrees_with_select` pins the two together.
     fn first_hl7(&self, scope: Scope<'a>, p: &PathRef) -> Option<(Item<'a>, Loc)> {
         match p {
+            // The common case, the first segment with the ID, without the iterator of `segments_of`.
+            PathRef::Abs(path) if path.segment_index == Index::Default => {
+                let want = id_code(&path.segment)?;
+                let (from, to) = self.range_of(Some(want));
+                let idx = (from..to).find(|&i| self.ids[i] == want)?;
+                self.first_in(Item::Seg(idx), self.seg_loc(idx), path)
+            }
             PathRef::Abs(path) => self
                 .segments_of(path)
                 .find_map(|idx| self.first_in(Item::Seg(idx), self.seg_loc(idx), path)),
@@ -705,23 +746,28 @@ impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
     }
 
     #[inline]
-    fn leaf(&self, item: Item<'a>, loc: Loc) -> Option<(Cow<'a, str>, Cow<'a, str>, Loc)> {
-        leaf(item, loc).map(|(raw, text, loc)| (Cow::Borrowed(raw), text, loc))
+    fn leaf(&self, item: Item<'a>) -> Option<(Cow<'a, str>, Cow<'a, str>)> {
+        leaf(item).map(|(raw, text)| (Cow::Borrowed(raw), text))
     }
 
     #[inline]
-    fn present(&self, item: Item<'a>, loc: Loc) -> bool {
+    fn leaf_loc(&self, item: Item<'a>, loc: Loc) -> Loc {
+        leaf_loc(item, loc)
+    }
+
+    #[inline]
+    fn present(&self, item: Item<'a>, _loc: Loc) -> bool {
         match item {
             Item::Seg(_) => true,
-            _ => leaf(item, loc).is_some(),
+            _ => leaf(item).is_some(),
         }
     }
 
     #[inline]
-    fn text(&self, item: Item<'a>, loc: Loc) -> Option<Cow<'a, str>> {
+    fn text(&self, item: Item<'a>, _loc: Loc) -> Option<Cow<'a, str>> {
         match item {
             Item::Seg(_) => Some(Cow::Borrowed("")),
-            _ => leaf(item, loc).map(|(_, t, _)| t),
+            _ => leaf(item).map(|(_, t)| t),
         }
     }
 
@@ -744,19 +790,21 @@ impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
     }
 
     #[inline]
-    fn groups(&mut self, starts: &[String], out: &mut Vec<Option<(usize, usize)>>) {
+    fn groups(&mut self, starts: &[String], out: &mut Vec<Option<(usize, usize)>>) -> bool {
         out.clear();
         if starts.is_empty() {
             self.group_ids.clear();
             self.groups_for.clear();
             out.push(None);
-            return;
+            return false;
         }
-        if self.groups_for != starts {
+        let other = self.groups_for != starts;
+        if other {
             self.groups = self.group_ranges(starts);
             self.groups_for = starts.to_vec();
         }
         out.extend(self.groups.iter().copied().map(Some));
+        other
     }
 
     #[inline]

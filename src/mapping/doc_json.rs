@@ -156,9 +156,13 @@ impl<'a> Doc<'a> for JsonDoc<'a> {
         Some(loc)
     }
 
-    fn leaf(&self, item: &'a J, loc: JLoc) -> Option<(Cow<'a, str>, Cow<'a, str>, JLoc)> {
+    fn leaf(&self, item: &'a J) -> Option<(Cow<'a, str>, Cow<'a, str>)> {
         let text = text_of(item)?;
-        Some((text.clone(), text, loc))
+        Some((text.clone(), text))
+    }
+
+    fn leaf_loc(&self, _item: &'a J, loc: JLoc) -> JLoc {
+        loc
     }
 
     fn present(&self, item: &'a J, _loc: JLoc) -> bool {
@@ -210,9 +214,10 @@ impl<'a> Doc<'a> for JsonDoc<'a> {
         }
     }
 
-    fn groups(&mut self, _starts: &[String], out: &mut Vec<Option<(usize, usize)>>) {
+    fn groups(&mut self, _starts: &[String], out: &mut Vec<Option<(usize, usize)>>) -> bool {
         out.clear();
         out.push(None);
+        false
     }
 
     fn enter(&mut self, _group: Option<(usize, usize)>) {}

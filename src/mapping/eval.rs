@@ -74,13 +74,12 @@ pub(crate) trait Doc<'a> {
     }
     /// Where a path points even when nothing is there: for the error about a missing value.
     fn loc_of(&self, scope: Option<(Self::Item, Self::Loc)>, p: &PathRef) -> Option<Self::Loc>;
-    /// The text of a value as the source has it (raw) and as output (decoded), with the location of the
-    /// exact part read; `None` when the value is empty.
-    fn leaf(
-        &self,
-        item: Self::Item,
-        loc: Self::Loc,
-    ) -> Option<(Cow<'a, str>, Cow<'a, str>, Self::Loc)>;
+    /// The text of a value as the source has it (raw) and as output (decoded); `None` when the value
+    /// is empty.
+    fn leaf(&self, item: Self::Item) -> Option<(Cow<'a, str>, Cow<'a, str>)>;
+    /// The location of the exact part [`Doc::leaf`] reads of a value at `loc`: asked only for an
+    /// error or an explanation, so that mapping a message works out no location it does not report.
+    fn leaf_loc(&self, item: Self::Item, loc: Self::Loc) -> Self::Loc;
     /// For `present:`/`absent:`.
     fn present(&self, item: Self::Item, loc: Self::Loc) -> bool;
     /// The text `in:` and `where:` compare.
@@ -92,12 +91,32 @@ pub(crate) trait Doc<'a> {
     /// The location in the syntax analysts read: `PID.3[2].1`, `Patient.identifier[1].value`.
     fn path(&self, loc: Self::Loc) -> String;
     /// The `for_each` groups (start, end) into `out` (emptied first); `[None]` for the whole document.
-    fn groups(&mut self, starts: &[String], out: &mut Vec<Option<(usize, usize)>>);
+    /// `true` when they are groups of another list than the last call's: the same range may then
+    /// resolve paths differently (which segment IDs belong to a group depends on the list).
+    fn groups(&mut self, starts: &[String], out: &mut Vec<Option<(usize, usize)>>) -> bool;
     /// Makes absolute paths resolve inside a group (or the whole document with `None`).
     fn enter(&mut self, group: Option<(usize, usize)>);
 }
 
 type Scope<'a, D> = Option<(<D as Doc<'a>>::Item, <D as Doc<'a>>::Loc)>;
+
+/// A group, a path tested in it, and the text read there (see [`Eval::file_holds`]).
+type WhenText<'s, 'a> = (Option<(usize, usize)>, &'s PathRef, Option<Cow<'a, str>>);
+
+/// Where a value was read, as what is needed to work out its location (a location is worked out only
+/// for an error or an explanation): the leaf of an item, or what a composite rule reads first.
+enum At<'s, 'a, D: Doc<'a>> {
+    Leaf(D::Item, D::Loc),
+    Rule(&'s Rule, Scope<'a, D>),
+}
+
+impl<'s, 'a, D: Doc<'a>> Clone for At<'s, 'a, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<'s, 'a, D: Doc<'a>> Copy for At<'s, 'a, D> {}
 
 /// What a rule produces: a payload part that borrows from the mapping files and the document (`'s: 'a`).
 type Out<'a> = Option<Draft<'a>>;
@@ -123,6 +142,9 @@ pub(crate) struct Eval<'s, 'a, D: Doc<'a>> {
     selections: Vec<Vec<(D::Item, D::Loc)>>,
     /// The groups of the file being mapped, kept for the next file.
     groups: Vec<Option<(usize, usize)>>,
+    /// The text a file's `when: {path, in}` read last, with its group and path: see [`Eval::file_holds`].
+    /// Forgotten when the groups are those of another `for_each` list.
+    when_text: Option<WhenText<'s, 'a>>,
     _doc: std::marker::PhantomData<&'a ()>,
 }
 
@@ -142,6 +164,7 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             name_prefix: String::new(),
             selections: Vec::with_capacity(4),
             groups: Vec::new(),
+            when_text: None,
             _doc: std::marker::PhantomData,
         }
     }
@@ -184,6 +207,14 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                 None => fields.iter().find_map(|f| self.primary_loc(&f.rule, scope)),
             },
             Source::Const(_) => None,
+        }
+    }
+
+    /// The location of what a value was read from (see [`At`]).
+    fn locate(&self, at: At<'s, 'a, D>) -> Option<D::Loc> {
+        match at {
+            At::Leaf(item, loc) => Some(self.doc.leaf_loc(item, loc)),
+            At::Rule(rule, scope) => self.primary_loc(rule, scope),
         }
     }
 
@@ -238,6 +269,27 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
         }
     }
 
+    /// A file's `when:` in one group. The files of one message type mostly test the same path (the five
+    /// order files each look for their codes in ORC-1), so the text an `in`/`not_in` test reads is kept
+    /// for the next file's test of the same path in the same group: reading it again for each file was
+    /// most of what a file that does not apply cost.
+    fn file_holds(&mut self, c: &'s Condition, group: Option<(usize, usize)>) -> bool {
+        let (values, negated, p) = match (&c.test, c.paths.as_slice()) {
+            (Test::In(values), [p]) => (values, false, p),
+            (Test::NotIn(values), [p]) => (values, true, p),
+            _ => return self.holds(c, None),
+        };
+        let text = match &self.when_text {
+            Some((g, q, text)) if *g == group && *q == p => text.clone(),
+            _ => {
+                let text = self.text_at(None, p);
+                self.when_text = Some((group, p, text.clone()));
+                text
+            }
+        };
+        text.is_some_and(|t| values.iter().any(|v| *v == t)) != negated
+    }
+
     // ---- rules ------------------------------------------------------------------------------------------
 
     fn record(&mut self, source: Option<D::Loc>, raw: Option<&str>, value: &Draft<'_>) {
@@ -281,11 +333,12 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                 let key = Key {
                     name: &f.name,
                     json: Some(&f.json_key),
+                    rank: f.rank,
                 };
                 members.push((key, v));
             }
         }
-        Ok((!members.is_empty()).then(|| Draft::object(members)))
+        Ok((!members.is_empty()).then(|| Draft::object_ranked(members)))
     }
 
     fn eval(&mut self, rule: &'s Rule, scope: Scope<'a, D>) -> Res<Out<'a>> {
@@ -427,9 +480,11 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
         if value.is_none()
             && let Some(d) = &rule.default
         {
-            let loc = self.primary_loc(rule, scope);
             let d = Draft::from_value(d);
-            self.record(loc, None, &d);
+            if self.explain.is_some() {
+                let loc = self.primary_loc(rule, scope);
+                self.record(loc, None, &d);
+            }
             value = Some(d);
         }
         if value.is_none() && rule.required {
@@ -467,8 +522,12 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             Some(e) => (e.source, e.raw),
             None => (None, None),
         };
-        let loc = self.primary_loc(rule, scope);
-        let out = self.post(rule, text, raw.as_deref().unwrap_or(""), loc)?;
+        let out = self.post(
+            rule,
+            text,
+            raw.as_deref().unwrap_or(""),
+            At::Rule(rule, scope),
+        )?;
         if let (Some(ex), Some(v)) = (&mut self.explain, &out)
             && let Some(last) = ex.last_mut()
         {
@@ -490,10 +549,13 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                     Build::Fields(fields) => self.fields(fields, Some((item, loc))),
                 }
             }
-            None => match self.doc.leaf(item, loc) {
-                Some((raw, text, lloc)) => {
-                    let v = self.post(rule, text, &raw, Some(lloc))?;
-                    if let Some(v) = &v {
+            None => match self.doc.leaf(item) {
+                Some((raw, text)) => {
+                    let v = self.post(rule, text, &raw, At::Leaf(item, loc))?;
+                    if let Some(v) = &v
+                        && self.explain.is_some()
+                    {
+                        let lloc = self.doc.leaf_loc(item, loc);
                         self.record(Some(lloc), Some(&raw), v);
                     }
                     Ok(v)
@@ -509,7 +571,7 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
         rule: &'s Rule,
         text: Cow<'a, str>,
         raw: &str,
-        loc: Option<D::Loc>,
+        at: At<'s, 'a, D>,
     ) -> Res<Out<'a>> {
         // The text stays borrowed unless a transform rewrites it or it becomes the output itself.
         let text = if rule.transforms.is_empty() {
@@ -518,6 +580,7 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             let mut out = TOut::Str(text);
             for t in &rule.transforms {
                 out = t.apply(out, self.tz).map_err(|m| {
+                    let loc = self.locate(at);
                     let at = loc
                         .map(|l| format!(" at {}", self.doc.path(l)))
                         .unwrap_or_default();
@@ -549,6 +612,7 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             if let Some(d) = &rule.default {
                 return Ok(Some(Draft::from_value(d)));
             }
+            let loc = self.locate(at);
             let at = loc
                 .map(|l| format!(" at {}", self.doc.path(l)))
                 .unwrap_or_default();
@@ -572,6 +636,7 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
         if let Some(d) = &rule.default {
             return Ok(Some(Draft::from_value(d)));
         }
+        let loc = self.locate(at);
         let at = loc
             .map(|l| format!(" at {}", self.doc.path(l)))
             .unwrap_or_default();
@@ -634,10 +699,12 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
         self.mapping = &m.name;
         // The list is kept for the next file (a message is tried against several).
         let mut groups = std::mem::take(&mut self.groups);
-        self.doc.groups(&m.for_each, &mut groups);
+        if self.doc.groups(&m.for_each, &mut groups) {
+            self.when_text = None;
+        }
         for &g in &groups {
             self.doc.enter(g);
-            if !m.when.iter().all(|c| self.holds(c, None)) {
+            if !m.when.iter().all(|c| self.file_holds(c, g)) {
                 continue;
             }
             self.out.clear();

@@ -401,17 +401,17 @@ impl Loader<'_> {
             self.table_ids.insert(name.clone(), self.ast.tables.len());
             self.ast.tables.push(Table {
                 name,
-                map: HashMap::new(),
+                map: foldhash::HashMap::default(),
                 default: None,
-                reverse: HashMap::new(),
+                reverse: foldhash::HashMap::default(),
             });
             return;
         };
         let mut table = Table {
             name: name.clone(),
-            map: HashMap::new(),
+            map: foldhash::HashMap::default(),
             default: None,
-            reverse: HashMap::new(),
+            reverse: foldhash::HashMap::default(),
         };
         let mut has_map = false;
         let mut explicit = Vec::new();
@@ -789,6 +789,7 @@ impl Loader<'_> {
                 out.push(FieldRule::new(name.to_string(), k.pos, rule));
             }
         }
+        super::ast::rank_fields(&mut out);
         out
     }
 
@@ -2128,6 +2129,7 @@ impl Loader<'_> {
             if let Some((_, u)) = fields.iter().find(|(k, _)| k.as_str() == Some("use")) {
                 self.segment_base(file, u, &mut seg);
             }
+            super::ast::rank_fields(&mut seg.fields);
             out.push(seg);
         }
         out

@@ -74,7 +74,7 @@ pub struct MappingSet {
     tz: jiff::tz::TimeZone,
     /// MSH-9.1 → MSH-9.2 → inbound files, in file-name order (nested so that a message is looked
     /// up by the borrowed texts of its MSH-9, without building a key).
-    by_message: HashMap<String, HashMap<String, Vec<usize>>>,
+    by_message: foldhash::HashMap<String, foldhash::HashMap<String, Vec<usize>>>,
     /// (resource type, interaction) → FHIR mapping files, in file-name order.
     by_resource: HashMap<(String, FhirInteraction), Vec<usize>>,
     /// `outbound/<name>` → outbound file.
@@ -210,7 +210,8 @@ impl MappingSet {
     /// Loads with options; serving uses `LoadOptions { example_files: false }`.
     pub fn load_with(dir: &Path, options: LoadOptions) -> Result<MappingSet, Vec<Problem>> {
         let loaded = load::load(dir, options.example_files)?;
-        let mut by_message: HashMap<String, HashMap<String, Vec<usize>>> = HashMap::new();
+        let mut by_message: foldhash::HashMap<String, foldhash::HashMap<String, Vec<usize>>> =
+            foldhash::HashMap::default();
         let mut by_resource: HashMap<(String, FhirInteraction), Vec<usize>> = HashMap::new();
         for (i, m) in loaded.ast.inbound.iter().enumerate() {
             for key in &m.messages {
@@ -261,7 +262,7 @@ impl MappingSet {
             ast: ast::Ast::default(),
             version: "empty".to_owned(),
             tz: jiff::tz::TimeZone::UTC,
-            by_message: HashMap::new(),
+            by_message: foldhash::HashMap::default(),
             by_resource: HashMap::new(),
             outbound_by_name: HashMap::new(),
         }
