@@ -262,6 +262,23 @@ pub(crate) struct Rule {
     pub when: Vec<Condition>,
     /// For `explain`: e.g. `path PV1.2.1 table patient_class default unknown`.
     pub desc: String,
+    /// Nothing but its source: no `as`/`fields`, transform, table, default, `required` or `when`
+    /// (see [`Rule::finish`]). A plain path rule is a value's text as it is, and the evaluator takes
+    /// it without the steps the other modifiers need.
+    pub plain: bool,
+}
+
+impl Rule {
+    /// Sets [`Rule::plain`] once the rule is complete.
+    pub fn finish(mut self) -> Rule {
+        self.plain = self.build.is_none()
+            && self.transforms.is_empty()
+            && self.table.is_none()
+            && self.default.is_none()
+            && !self.required
+            && self.when.is_empty();
+        self
+    }
 }
 
 /// A datatype rule or a named rule of `datatypes.yaml`.

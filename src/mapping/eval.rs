@@ -342,6 +342,16 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
     }
 
     fn eval(&mut self, rule: &'s Rule, scope: Scope<'a, D>) -> Res<Out<'a>> {
+        // Most rules only take a path's text (`family: .1.1`): nothing to record, check or change.
+        if let Source::Path(p) = &rule.source
+            && rule.plain
+            && self.explain.is_none()
+        {
+            return Ok(self
+                .first(scope, p)
+                .and_then(|(item, _)| self.doc.leaf(item))
+                .map(|(_, text)| Draft::Text(text)));
+        }
         if !rule.when.iter().all(|c| self.holds(c, scope)) {
             return Ok(None);
         }

@@ -805,6 +805,11 @@ impl Loader<'_> {
     }
 
     fn rule(&mut self, file: usize, node: &Node, scoped: bool) -> Option<Rule> {
+        self.rule_parts(file, node, scoped).map(Rule::finish)
+    }
+
+    /// [`Loader::rule`] before [`Rule::finish`].
+    fn rule_parts(&mut self, file: usize, node: &Node, scoped: bool) -> Option<Rule> {
         let mut rule = placeholder_rule(file, node.pos);
         if let Kind::Scalar { .. } = node.kind {
             let path = self.path(file, node, scoped)?;
@@ -2356,6 +2361,7 @@ fn placeholder_rule(file: usize, pos: Pos) -> Rule {
         required: false,
         when: Vec::new(),
         desc: String::new(),
+        plain: false,
     }
 }
 
