@@ -320,11 +320,20 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
     fn fields(&mut self, fields: &'s [FieldRule], scope: Scope<'a, D>) -> Res<Out<'a>> {
         let mut members = Vec::new();
         for f in fields {
-            let len = self.push_out(&f.name);
-            self.names.push(&f.name);
-            let v = self.eval(&f.rule, scope);
-            self.names.pop();
-            self.out.truncate(len);
+            // A plain rule cannot fail, so it needs no name for an error (nor a record, outside explain).
+            let v = match &f.rule.source {
+                Source::Path(p) if f.rule.plain && self.explain.is_none() => {
+                    Ok(self.plain_text(p, scope))
+                }
+                _ => {
+                    let len = self.push_out(&f.name);
+                    self.names.push(&f.name);
+                    let v = self.eval(&f.rule, scope);
+                    self.names.pop();
+                    self.out.truncate(len);
+                    v
+                }
+            };
             if let Some(v) = v? {
                 if members.capacity() == 0 {
                     // Allocated directly (`reserve` on an empty vector goes through its growth path).
@@ -341,16 +350,21 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
         Ok((!members.is_empty()).then(|| Draft::object_ranked(members)))
     }
 
+    /// What a [plain](Rule::plain) path rule gives: the text of the path's first value.
+    #[inline]
+    fn plain_text(&self, p: &PathRef, scope: Scope<'a, D>) -> Out<'a> {
+        self.first(scope, p)
+            .and_then(|(item, _)| self.doc.leaf(item))
+            .map(|(_, text)| Draft::Text(text))
+    }
+
     fn eval(&mut self, rule: &'s Rule, scope: Scope<'a, D>) -> Res<Out<'a>> {
         // Most rules only take a path's text (`family: .1.1`): nothing to record, check or change.
         if let Source::Path(p) = &rule.source
             && rule.plain
             && self.explain.is_none()
         {
-            return Ok(self
-                .first(scope, p)
-                .and_then(|(item, _)| self.doc.leaf(item))
-                .map(|(_, text)| Draft::Text(text)));
+            return Ok(self.plain_text(p, scope));
         }
         if !rule.when.iter().all(|c| self.holds(c, scope)) {
             return Ok(None);
