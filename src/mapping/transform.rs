@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 
 use jiff::civil::{Date, DateTime};
-use jiff::tz::TimeZone;
+use jiff::tz::{AmbiguousOffset, TimeZone};
 
 use crate::domain::trim;
 
@@ -251,12 +251,14 @@ const DTM_FORMAT: &str = "YYYY[MM[DD[HH[MM[SS[.S[S[S[S]]]]]]]]][+/-ZZZZ]";
 
 fn parse_hl7_time(text: &str) -> Result<Hl7Time<'_>, String> {
     let bad = |why: &str| format!("{text:?} is not an HL7 date/time ({DTM_FORMAT}): {why}");
-    let (main, offset) = match text.find(['+', '-']) {
+    // Byte searches rather than `find`/`split_once` with char patterns, whose searchers cost more than
+    // the few bytes of a time; the bytes found are ASCII, so the cuts fall on character boundaries.
+    let (main, offset) = match text.bytes().position(|b| b == b'+' || b == b'-') {
         Some(i) => (&text[..i], Some(&text[i..])),
         None => (text, None),
     };
-    let (digits, fraction) = match main.split_once('.') {
-        Some((d, f)) => (d, Some(f)),
+    let (digits, fraction) = match main.bytes().position(|b| b == b'.') {
+        Some(i) => (&main[..i], Some(&main[i + 1..])),
         None => (main, None),
     };
     if !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -386,11 +388,20 @@ pub fn fhir_datetime(text: &str, tz: &TimeZone) -> Result<String, String> {
             let civil = DateTime::new(t.year, month, day, hour, minute, second, 0)
                 .map_err(|e| format!("{text:?}: {e}"))?;
             // In a DST gap or overlap, "compatible" picks what clocks on the wall meant (the later offset in a
-            // gap, the earlier in an overlap), as RFC 5545 and java.time do.
-            let zoned = civil
-                .to_zoned(tz.clone())
-                .map_err(|e| format!("{text:?} in the default time zone: {e}"))?;
-            zoned.offset().seconds()
+            // gap, the earlier in an overlap), as RFC 5545 and java.time do: the offset of the instant
+            // jiff's `compatible` gives. Looked up without building a `Zoned` (which clones the zone).
+            let at = tz.to_ambiguous_timestamp(civil);
+            let offset = match at.offset() {
+                AmbiguousOffset::Unambiguous { offset }
+                | AmbiguousOffset::Fold { before: offset, .. } => offset,
+                AmbiguousOffset::Gap { .. } => {
+                    let instant = at
+                        .compatible()
+                        .map_err(|e| format!("{text:?} in the default time zone: {e}"))?;
+                    tz.to_offset(instant)
+                }
+            };
+            offset.seconds()
         }
     };
     let sign = if offset_secs < 0 { '-' } else { '+' };
@@ -488,6 +499,9 @@ mod tests {
             (" 20261122 ", "2026-11-22"),
             // 02:30 does not exist on 29 March 2026 in Zurich: the later offset, as wall clocks meant.
             ("202603290230", "2026-03-29T02:30:00+02:00"),
+            // 02:30 happens twice on 25 October 2026: the earlier, still summer time.
+            ("202610250230", "2026-10-25T02:30:00+02:00"),
+            ("202610250330", "2026-10-25T03:30:00+01:00"),
         ];
         for (input, want) in cases {
             assert_eq!(fhir_datetime(input, &zurich()).unwrap(), *want, "{input}");
