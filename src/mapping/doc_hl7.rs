@@ -132,6 +132,39 @@ impl Loc {
     }
 }
 
+/// What [`Hl7Doc::first_hl7`] keeps on its way down to a value: its location, or nothing (`()`) when
+/// nobody will ask for it (a plain rule's text, a condition's test).
+trait Track: Copy {
+    fn segment(doc: &Hl7Doc<'_, '_>, idx: usize) -> Self;
+    fn field(self, n: usize) -> Self;
+    fn rep(self, r: usize) -> Self;
+    fn down(self, level: Level, n: usize) -> Self;
+}
+
+impl Track for Loc {
+    fn segment(doc: &Hl7Doc<'_, '_>, idx: usize) -> Loc {
+        doc.seg_loc(idx)
+    }
+    fn field(mut self, n: usize) -> Loc {
+        self.field = Some(nz(n));
+        self
+    }
+    fn rep(mut self, r: usize) -> Loc {
+        self.rep = Some(nz(r));
+        self
+    }
+    fn down(self, level: Level, n: usize) -> Loc {
+        Loc::down(self, level, n)
+    }
+}
+
+impl Track for () {
+    fn segment(_: &Hl7Doc<'_, '_>, _: usize) {}
+    fn field(self, _: usize) {}
+    fn rep(self, _: usize) {}
+    fn down(self, _: Level, _: usize) {}
+}
+
 /// What a path selected: a whole segment or a value inside one.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Item<'a> {
@@ -474,19 +507,24 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
     /// The first value a path selects: what [`Hl7Doc::select_hl7`] gives with `first_only`, found in a
     /// loop instead of through the recursive, sink-generic walk. Most lookups are of one value, and the
     /// walk's calls (each moving an item and its location) were the largest part of mapping a message.
-    /// `first_agrees_with_select` pins the two together.
-    fn first_hl7(&self, scope: Scope<'a>, p: &PathRef) -> Option<(Item<'a>, Loc)> {
+    /// `first_agrees_with_select` pins the two together. With `T = ()` the walk keeps no location, for
+    /// a value whose location nobody will ask for.
+    fn first_hl7<T: Track>(
+        &self,
+        scope: Option<(Item<'a>, T)>,
+        p: &PathRef,
+    ) -> Option<(Item<'a>, T)> {
         match p {
             // The common case, the first segment with the ID, without the iterator of `segments_of`.
             PathRef::Abs(path) if path.segment_index == Index::Default => {
                 let want = id_code(&path.segment)?;
                 let (from, to) = self.range_of(Some(want));
                 let idx = (from..to).find(|&i| self.ids[i] == want)?;
-                self.first_in(Item::Seg(idx), self.seg_loc(idx), path)
+                self.first_in(Item::Seg(idx), T::segment(self, idx), path)
             }
             PathRef::Abs(path) => self
                 .segments_of(path)
-                .find_map(|idx| self.first_in(Item::Seg(idx), self.seg_loc(idx), path)),
+                .find_map(|idx| self.first_in(Item::Seg(idx), T::segment(self, idx), path)),
             PathRef::Rel(path) => {
                 let (item, loc) = scope?;
                 self.first_in(item, loc, path)
@@ -496,7 +534,7 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
     }
 
     /// [`Hl7Doc::first_hl7`] below one item (a segment or a value).
-    fn first_in(&self, item: Item<'a>, loc: Loc, path: &Path) -> Option<(Item<'a>, Loc)> {
+    fn first_in<T: Track>(&self, item: Item<'a>, loc: T, path: &Path) -> Option<(Item<'a>, T)> {
         let Some(n) = path.field else {
             return Some((item, loc));
         };
@@ -504,35 +542,24 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
         match item {
             Item::Seg(idx) => {
                 let field = self.segs[idx].field(n)?;
-                let mut floc = loc;
-                floc.field = Some(nz(n));
+                let floc = loc.field(n);
                 let value = field.value();
                 if rest[0].is_none() && path.repetition == Index::Default {
                     return Some((Item::Val(value), floc));
                 }
-                let rep_loc = |r: usize| Loc {
-                    rep: Some(nz(r)),
-                    ..floc
-                };
                 let steps = [rest[0], rest[1], None];
                 match path.repetition {
-                    Index::Default => self.first_down(value.repetition(1)?, rep_loc(1), steps),
-                    Index::Nth(r) => self.first_down(value.repetition(r)?, rep_loc(r), steps),
+                    Index::Default => self.first_down(value.repetition(1)?, floc.rep(1), steps),
+                    Index::Nth(r) => self.first_down(value.repetition(r)?, floc.rep(r), steps),
                     Index::All => value
                         .repetitions()
                         .enumerate()
-                        .find_map(|(i, rep)| self.first_down(rep, rep_loc(i + 1), steps)),
+                        .find_map(|(i, rep)| self.first_down(rep, floc.rep(i + 1), steps)),
                 }
             }
             Item::Val(v) => {
                 let (v, loc) = match (v.level(), path.repetition) {
-                    (Level::Field, Index::Nth(r)) => (
-                        v.repetition(r)?,
-                        Loc {
-                            rep: Some(nz(r)),
-                            ..loc
-                        },
-                    ),
+                    (Level::Field, Index::Nth(r)) => (v.repetition(r)?, loc.rep(r)),
                     _ => (v, loc),
                 };
                 self.first_down(v, loc, [Some(n), rest[0], rest[1]])
@@ -541,12 +568,12 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
     }
 
     /// Components (then subcomponents) `steps` down from a value, up to the first `None`.
-    fn first_down(
+    fn first_down<T: Track>(
         &self,
         mut v: Value<'a>,
-        mut loc: Loc,
+        mut loc: T,
         steps: [Option<usize>; 3],
-    ) -> Option<(Item<'a>, Loc)> {
+    ) -> Option<(Item<'a>, T)> {
         for n in steps.into_iter().map_while(|s| s) {
             let next = match v.level() {
                 Level::Leaf if n == 1 => v,
@@ -741,6 +768,12 @@ impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
     }
 
     #[inline]
+    fn first_item(&self, scope: Scope<'a>, p: &PathRef) -> Option<Item<'a>> {
+        self.first_hl7(scope.map(|(item, _)| (item, ())), p)
+            .map(|(item, ())| item)
+    }
+
+    #[inline]
     fn loc_of(&self, scope: Scope<'a>, p: &PathRef) -> Option<Loc> {
         self.loc_of_hl7(scope, p)
     }
@@ -756,7 +789,7 @@ impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
     }
 
     #[inline]
-    fn present(&self, item: Item<'a>, _loc: Loc) -> bool {
+    fn present(&self, item: Item<'a>) -> bool {
         match item {
             Item::Seg(_) => true,
             _ => leaf(item).is_some(),
@@ -764,7 +797,7 @@ impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
     }
 
     #[inline]
-    fn text(&self, item: Item<'a>, _loc: Loc) -> Option<Cow<'a, str>> {
+    fn text(&self, item: Item<'a>) -> Option<Cow<'a, str>> {
         match item {
             Item::Seg(_) => Some(Cow::Borrowed("")),
             _ => leaf(item).map(|(_, t)| t),

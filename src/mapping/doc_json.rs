@@ -165,11 +165,11 @@ impl<'a> Doc<'a> for JsonDoc<'a> {
         loc
     }
 
-    fn present(&self, item: &'a J, _loc: JLoc) -> bool {
+    fn present(&self, item: &'a J) -> bool {
         !self.blank(item)
     }
 
-    fn text(&self, item: &'a J, _loc: JLoc) -> Option<Cow<'a, str>> {
+    fn text(&self, item: &'a J) -> Option<Cow<'a, str>> {
         text_of(item)
     }
 
@@ -268,7 +268,7 @@ mod tests {
         );
         assert!(all(&doc, "identifier[2].value").is_empty());
         assert!(all(&doc, "birthDate[1]").is_empty());
-        assert_eq!(doc.text(&r["active"], 0).as_deref(), Some("true"));
+        assert_eq!(doc.text(&r["active"]).as_deref(), Some("true"));
         let missing = PathRef::Json(JsonPath::parse("address[1].city").expect("path"));
         let loc = doc.loc_of(None, &missing).expect("loc");
         assert_eq!(doc.path(loc), "Patient.address[1].city");

@@ -72,6 +72,15 @@ pub(crate) trait Doc<'a> {
         self.select(scope, p, true, &mut out);
         out
     }
+    /// The first value a path selects, without its location: for a value whose location nobody
+    /// will ask for (sources may find it for less).
+    fn first_item(
+        &self,
+        scope: Option<(Self::Item, Self::Loc)>,
+        p: &PathRef,
+    ) -> Option<Self::Item> {
+        self.first(scope, p).map(|(item, _)| item)
+    }
     /// Where a path points even when nothing is there: for the error about a missing value.
     fn loc_of(&self, scope: Option<(Self::Item, Self::Loc)>, p: &PathRef) -> Option<Self::Loc>;
     /// The text of a value as the source has it (raw) and as output (decoded); `None` when the value
@@ -81,9 +90,9 @@ pub(crate) trait Doc<'a> {
     /// error or an explanation, so that mapping a message works out no location it does not report.
     fn leaf_loc(&self, item: Self::Item, loc: Self::Loc) -> Self::Loc;
     /// For `present:`/`absent:`.
-    fn present(&self, item: Self::Item, loc: Self::Loc) -> bool;
+    fn present(&self, item: Self::Item) -> bool;
     /// The text `in:` and `where:` compare.
-    fn text(&self, item: Self::Item, loc: Self::Loc) -> Option<Cow<'a, str>>;
+    fn text(&self, item: Self::Item) -> Option<Cow<'a, str>>;
     /// A value with nothing in it: a datatype or object built from it would be empty.
     fn blank(&self, item: Self::Item) -> bool;
     /// The HL7 location (ERR-2), where the source has one.
@@ -240,8 +249,8 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
     }
 
     fn text_at(&self, scope: Scope<'a, D>, p: &PathRef) -> Option<Cow<'a, str>> {
-        let (item, loc) = self.first(scope, p)?;
-        self.doc.text(item, loc)
+        let item = self.doc.first_item(scope, p)?;
+        self.doc.text(item)
     }
 
     /// Whether every `where` entry holds for an item.
@@ -254,8 +263,9 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
 
     fn holds(&self, c: &Condition, scope: Scope<'a, D>) -> bool {
         let present = |p: &PathRef| {
-            self.first(scope, p)
-                .is_some_and(|(item, loc)| self.doc.present(item, loc))
+            self.doc
+                .first_item(scope, p)
+                .is_some_and(|item| self.doc.present(item))
         };
         let is_in = |p: &PathRef, values: &[String]| {
             self.text_at(scope, p)
@@ -353,8 +363,9 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
     /// What a [plain](Rule::plain) path rule gives: the text of the path's first value.
     #[inline]
     fn plain_text(&self, p: &PathRef, scope: Scope<'a, D>) -> Out<'a> {
-        self.first(scope, p)
-            .and_then(|(item, _)| self.doc.leaf(item))
+        self.doc
+            .first_item(scope, p)
+            .and_then(|item| self.doc.leaf(item))
             .map(|(_, text)| Draft::Text(text))
     }
 
