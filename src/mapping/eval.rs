@@ -427,6 +427,15 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                     all.sort_by_key(|(item, loc)| !self.matches(*item, *loc, prefer));
                 }
                 let mut list = Vec::with_capacity(all.len());
+                if rule.plain && self.explain.is_none() {
+                    // Each item's text as it is (see `Rule::plain`).
+                    list.extend(
+                        all.iter()
+                            .filter_map(|&(item, _)| self.doc.leaf(item))
+                            .map(|(_, text)| Draft::Text(text)),
+                    );
+                    all.clear();
+                }
                 for &(item, loc) in &all {
                     let len = if self.explain.is_some() {
                         self.push_out(&format!("[{}]", list.len()))
