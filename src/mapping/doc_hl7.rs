@@ -851,8 +851,9 @@ mod tests {
     use super::*;
     use crate::hl7::Separators;
 
-    /// `first_hl7` must find exactly what the general walk finds first: every fixture message, absolute
-    /// paths at every depth and index, and relative paths from every value they select.
+    /// `first_hl7` must find exactly what the general walk finds first (also when it keeps no
+    /// location): every fixture message, absolute paths at every depth and index, and relative paths
+    /// from every value they select.
     #[test]
     fn first_agrees_with_select() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hl7v2");
@@ -869,6 +870,8 @@ mod tests {
                 Item::Val(v) => (format!("{:?} {:?}", v.raw(), v.level()), loc),
             })
         };
+        // A stand-in location, for comparing what the walk without locations finds.
+        let unplaced = Loc::segment("ZZZ", 0, 0);
         let indexes = ["", "[1]", "[2]", "[3]", "[*]"];
         let mut compared = 0;
         for file in files {
@@ -911,6 +914,13 @@ mod tests {
                                         "{} {text}",
                                         file.display()
                                     );
+                                    // The walk without locations finds the same value.
+                                    assert_eq!(
+                                        key(doc.first_item(None, &p).map(|i| (i, unplaced))),
+                                        key(general.map(|(i, _)| (i, unplaced))),
+                                        "{} {text} (no location)",
+                                        file.display()
+                                    );
                                     compared += 1;
                                     // Relative paths from every value the absolute path selects.
                                     let mut all = Vec::new();
@@ -937,6 +947,14 @@ mod tests {
                                                 key(doc.first_hl7(Some(scope), &rp)),
                                                 key(general),
                                                 "{} {text} then {rel}",
+                                                file.display()
+                                            );
+                                            assert_eq!(
+                                                key(doc
+                                                    .first_item(Some(scope), &rp)
+                                                    .map(|i| (i, unplaced))),
+                                                key(general.map(|(i, _)| (i, unplaced))),
+                                                "{} {text} then {rel} (no location)",
                                                 file.display()
                                             );
                                             compared += 1;

@@ -331,11 +331,9 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
         let mut members = Vec::new();
         for f in fields {
             // A plain rule cannot fail, so it needs no name for an error (nor a record, outside explain).
-            let v = match &f.rule.source {
-                Source::Path(p) if f.rule.plain && self.explain.is_none() => {
-                    Ok(self.plain_text(p, scope))
-                }
-                _ => {
+            let v = match self.plain_path(&f.rule) {
+                Some(p) => Ok(self.plain_text(p, scope)),
+                None => {
                     let len = self.push_out(&f.name);
                     self.names.push(&f.name);
                     let v = self.eval(&f.rule, scope);
@@ -360,6 +358,15 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
         Ok((!members.is_empty()).then(|| Draft::object_ranked(members)))
     }
 
+    /// The path of a [plain](Rule::plain) path rule, outside explain (which records every value).
+    #[inline]
+    fn plain_path(&self, rule: &'s Rule) -> Option<&'s PathRef> {
+        match &rule.source {
+            Source::Path(p) if rule.plain && self.explain.is_none() => Some(p),
+            _ => None,
+        }
+    }
+
     /// What a [plain](Rule::plain) path rule gives: the text of the path's first value.
     #[inline]
     fn plain_text(&self, p: &PathRef, scope: Scope<'a, D>) -> Out<'a> {
@@ -371,10 +378,7 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
 
     fn eval(&mut self, rule: &'s Rule, scope: Scope<'a, D>) -> Res<Out<'a>> {
         // Most rules only take a path's text (`family: .1.1`): nothing to record, check or change.
-        if let Source::Path(p) = &rule.source
-            && rule.plain
-            && self.explain.is_none()
-        {
+        if let Some(p) = self.plain_path(rule) {
             return Ok(self.plain_text(p, scope));
         }
         if !rule.when.iter().all(|c| self.holds(c, scope)) {
@@ -434,18 +438,18 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                             .filter_map(|&(item, _)| self.doc.leaf(item))
                             .map(|(_, text)| Draft::Text(text)),
                     );
-                    all.clear();
-                }
-                for &(item, loc) in &all {
-                    let len = if self.explain.is_some() {
-                        self.push_out(&format!("[{}]", list.len()))
-                    } else {
-                        self.out.len()
-                    };
-                    let v = self.item(rule, item, loc);
-                    self.out.truncate(len);
-                    if let Some(v) = v? {
-                        list.push(v);
+                } else {
+                    for &(item, loc) in &all {
+                        let len = if self.explain.is_some() {
+                            self.push_out(&format!("[{}]", list.len()))
+                        } else {
+                            self.out.len()
+                        };
+                        let v = self.item(rule, item, loc);
+                        self.out.truncate(len);
+                        if let Some(v) = v? {
+                            list.push(v);
+                        }
                     }
                 }
                 all.clear();

@@ -1386,3 +1386,48 @@ fn shipped_outbound_messages_map_back_to_their_events() {
     }
     assert!(round_trips >= 10, "{round_trips}");
 }
+
+/// Every `fields:` list of the shipped mappings is ranked: the objects it builds sort their members by
+/// rank, which must be the order of the names. (A wrong rank would not show in any output: the payload
+/// check would merely find the members unsorted and hand the payload to the slower typed check.)
+#[test]
+fn shipped_field_lists_are_ranked_in_name_order() {
+    use ast::{Build, FieldRule, Rule, Source};
+    fn list(fields: &[FieldRule], lists: &mut usize) {
+        let mut by_rank: Vec<&FieldRule> = fields.iter().collect();
+        by_rank.sort_by_key(|f| f.rank);
+        let ranked: Vec<&str> = by_rank.iter().map(|f| f.name.as_str()).collect();
+        let mut named = ranked.clone();
+        named.sort_unstable();
+        assert_eq!(ranked, named);
+        let ranks: Vec<u32> = by_rank.iter().map(|f| f.rank).collect();
+        assert_eq!(ranks, (0..).take(fields.len()).collect::<Vec<u32>>());
+        *lists += 1;
+        fields.iter().for_each(|f| rule(&f.rule, lists));
+    }
+    fn rule(r: &Rule, lists: &mut usize) {
+        match &r.source {
+            Source::Fields(fs) => list(fs, lists),
+            Source::First(rs) | Source::List(rs) | Source::Join { parts: rs, .. } => {
+                rs.iter().for_each(|r| rule(r, lists));
+            }
+            _ => {}
+        }
+        if let Some(Build::Fields(fs)) = &r.build {
+            list(fs, lists);
+        }
+    }
+    let set = MappingSet::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("mappings")).unwrap();
+    let mut lists = 0;
+    for named in set.ast.datatypes.iter().chain(&set.ast.rules) {
+        rule(&named.rule, &mut lists);
+    }
+    for m in &set.ast.inbound {
+        list(&m.fields, &mut lists);
+    }
+    for o in &set.ast.outbound {
+        list(&o.body, &mut lists);
+        o.segments.iter().for_each(|s| list(&s.fields, &mut lists));
+    }
+    assert!(lists > 30, "{lists}");
+}
