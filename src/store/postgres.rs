@@ -15,10 +15,9 @@
 //! bind-parameter limit to chunk around.
 //!
 //! Other instances may write concurrently. Two races are detected and reported, never papered over:
-//! * the same idempotency key inserted by another instance after our lookup: the insert skips it
-//!   (`ON CONFLICT DO NOTHING`), the count of inserted records comes up short, the statement raises
-//!   (see `migrations/postgres/0002_batch_guard.sql`), the batch is rolled back and
-//!   [`StoreError::IdempotencyRace`] returned (a retry then sees the record: `Duplicate`);
+//! * the same idempotency key inserted by another instance after our lookup: the insert fails the
+//!   primary key, the batch is rolled back and [`StoreError::IdempotencyRace`] returned (a retry
+//!   then sees the record: `Duplicate`);
 //! * an append to the same stream after our version lookup: the unique constraint on
 //!   (hospital_id, stream_id, stream_version) fails and becomes a [`StoreError::VersionConflict`].
 
@@ -78,9 +77,6 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
 ];
 
-/// SQLSTATE raised by `ferry_check_idempotency_inserted` (migration 0002).
-const SQLSTATE_IDEMPOTENCY_RACE: &str = "FE001";
-
 /// Finds the idempotency records of a list of keys (given as four parallel arrays).
 ///
 /// Written as a LATERAL subquery with LIMIT so that the plan is one primary-key lookup per key
@@ -102,9 +98,8 @@ const LOOKUP_VERSIONS: &str = "SELECT k.hospital_id, k.stream_id, \
       WHERE e.hospital_id = k.hospital_id AND e.stream_id = k.stream_id) AS version \
      FROM UNNEST($1::text[], $2::text[]) AS k (hospital_id, stream_id)";
 
-/// The inbound rows and idempotency records of a batch (`$1`–`$22`): the start of both insert
-/// statements below.
-macro_rules! insert_inbound_ctes {
+/// The inbound rows of a batch (`$1`–`$15`): the start of both insert statements below.
+macro_rules! insert_inbound_cte {
     () => {
         "WITH inbound AS ( \
        INSERT INTO inbound_messages (id, hospital_id, listener, peer, received_at, raw, decoded, \
@@ -113,14 +108,24 @@ macro_rules! insert_inbound_ctes {
        SELECT * FROM UNNEST($1::text[]::uuid[], $2::text[], $3::text[], $4::text[], \
          $5::timestamptz[], $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[], \
          $11::text[], $12::text[], $13::text[], $14::text[], $15::text[]) \
-     ), idem AS ( \
-       INSERT INTO idempotency (hospital_id, sending_application, sending_facility, control_id, \
+     ) "
+    };
+}
+
+/// The idempotency records of a batch (`$16`–`$22`): the end of both insert statements below.
+///
+/// A plain insert: a key already stored (or committed by another instance meanwhile) fails the
+/// primary key, and with it the whole statement, which [`is_idempotency_race`] recognises. The
+/// statements used to insert `ON CONFLICT DO NOTHING` and count what went in (migration 0002's
+/// function, which stays for instances of an older release during an upgrade): that costs an index
+/// probe before each insert, a speculative-insertion record and a function call, for the same
+/// answer (measured: BENCHMARKS.md, "PostgreSQL without mappings").
+macro_rules! insert_idempotency {
+    () => {
+        "INSERT INTO idempotency (hospital_id, sending_application, sending_facility, control_id, \
          content_hash, ack, inbound_id) \
        SELECT * FROM UNNEST($16::text[], $17::text[], $18::text[], $19::text[], $20::bytea[], \
-         $21::bytea[], $22::text[]::uuid[]) \
-       ON CONFLICT DO NOTHING \
-       RETURNING 1 \
-     "
+         $21::bytea[], $22::text[]::uuid[])"
     };
 }
 
@@ -128,20 +133,16 @@ macro_rules! insert_inbound_ctes {
 /// Every table a statement writes is locked and opened (with each of its indexes) on every
 /// execution, also when its insert is empty; leaving out the four inserts of events and outbox
 /// saves that for unmapped batches (measured over 8 connections: 1–15 % more unmapped messages
-/// per second in four interleaved pairs, within this machine's run-to-run noise; BENCHMARKS.md). Fails with FE001 like [`INSERT_BATCH`] when fewer than `$23`
-/// records went in.
-const INSERT_INBOUND: &str = concat!(
-    insert_inbound_ctes!(),
-    ") SELECT ferry_check_idempotency_inserted($23, (SELECT count(*) FROM idem))"
-);
+/// per second in four interleaved pairs, within this machine's run-to-run noise; BENCHMARKS.md).
+const INSERT_INBOUND: &str = concat!(insert_inbound_cte!(), insert_idempotency!());
 
-/// Inserts a whole batch in one statement; fails with SQLSTATE FE001 (rolling everything back) when
-/// fewer idempotency records went in than the `$30` sent.
+/// Inserts a whole batch in one statement, its own transaction: all of it or, on any failure
+/// (such as a key already stored), nothing.
 /// UUIDs and JSON travel as text arrays and are cast here (sqlx is built without its uuid feature).
-/// Each idempotency record points at the inbound row of the same write, inserted by the sibling CTE
+/// Each idempotency record points at the inbound row of the same write, inserted by the CTE
 /// (checked before: `plan::check_storable`; migration 0006 says why that replaced a foreign key).
 ///
-/// Stream versions (`$25`, and `$38` for the outbox rows) are absolute when `$40` is false. When it
+/// Stream versions (`$25`, and `$37` for the outbox rows) are absolute when `$39` is false. When it
 /// is true they count from the stream's current end, which the `base` CTE reads in this statement's
 /// own snapshot: that is how a batch that appends only at [`ExpectedVersion::Any`] spares the
 /// separate [`LOOKUP_VERSIONS`] round trip (measured: PostgreSQL planned that lookup anew on every
@@ -150,15 +151,15 @@ const INSERT_INBOUND: &str = concat!(
 /// append by another instance after the snapshot still fails the unique constraint on
 /// (hospital_id, stream_id, stream_version).
 const INSERT_BATCH: &str = concat!(
-    insert_inbound_ctes!(),
-    "), base AS ( \
-       SELECT k.h, k.s, CASE WHEN $40::bool THEN COALESCE((SELECT max(x.stream_version) \
+    insert_inbound_cte!(),
+    ", base AS ( \
+       SELECT k.h, k.s, CASE WHEN $39::bool THEN COALESCE((SELECT max(x.stream_version) \
            FROM events AS x WHERE x.hospital_id = k.h AND x.stream_id = k.s), 0) ELSE 0 END AS b \
        FROM (SELECT DISTINCT h, s FROM UNNEST($23::text[], $24::text[]) AS u (h, s)) AS k \
      ), appended AS ( \
        INSERT INTO events (hospital_id, stream_id, stream_version, event_type, schema_version, \
          payload, metadata, recorded_at) \
-       SELECT e.h, e.s, base.b + e.v, e.t, e.sv, e.p::jsonb, e.m::jsonb, $31::timestamptz \
+       SELECT e.h, e.s, base.b + e.v, e.t, e.sv, e.p::jsonb, e.m::jsonb, $30::timestamptz \
        FROM UNNEST($23::text[], $24::text[], $25::int8[], $26::text[], $27::int4[], $28::text[], \
          $29::text[]) WITH ORDINALITY AS e (h, s, v, t, sv, p, m, n) \
          JOIN base ON base.h = e.h AND base.s = e.s \
@@ -166,19 +167,20 @@ const INSERT_BATCH: &str = concat!(
      ), queued AS ( \
        INSERT INTO outbox (hospital_id, destination, lane, subscription, mapping, stream_id, \
          stream_version, event_type, created_at) \
-       SELECT q.h, q.d, q.l, q.s, q.m, q.st, base.b + q.v, q.t, $31::timestamptz \
-       FROM UNNEST($32::text[], $33::text[], $34::text[], $35::text[], $36::text[], $37::text[], \
-         $38::int8[], $39::text[]) WITH ORDINALITY AS q (h, d, l, s, m, st, v, t, n) \
+       SELECT q.h, q.d, q.l, q.s, q.m, q.st, base.b + q.v, q.t, $30::timestamptz \
+       FROM UNNEST($31::text[], $32::text[], $33::text[], $34::text[], $35::text[], $36::text[], \
+         $37::int8[], $38::text[]) WITH ORDINALITY AS q (h, d, l, s, m, st, v, t, n) \
          JOIN base ON base.h = q.h AND base.s = q.st \
        ORDER BY q.n \
      ), lanes AS ( \
        INSERT INTO outbox_lanes (destination, lane, hospital_id, ready_at, enqueued) \
-       SELECT d, l, min(h), $31::timestamptz, count(*) \
-       FROM UNNEST($32::text[], $33::text[], $34::text[]) AS q (h, d, l) GROUP BY d, l \
+       SELECT d, l, min(h), $30::timestamptz, count(*) \
+       FROM UNNEST($31::text[], $32::text[], $33::text[]) AS q (h, d, l) GROUP BY d, l \
        ON CONFLICT (destination, lane) DO UPDATE \
          SET enqueued = outbox_lanes.enqueued + excluded.enqueued \
      ) \
-     SELECT ferry_check_idempotency_inserted($30, (SELECT count(*) FROM idem))"
+     ",
+    insert_idempotency!()
 );
 
 /// The PostgreSQL store. Cheap to share behind an `Arc`; the pool does the synchronisation.
@@ -218,7 +220,7 @@ impl PostgresStore {
         }
         let mut conn = self.pool.acquire().await?;
         // Resends are rare: first try without looking the keys up. The insert statement itself
-        // refuses a key already stored (FE001), and then the batch goes the careful way.
+        // refuses a key already stored (its primary key), and then the batch goes the careful way.
         // That holds for batches with events too (their transaction is rolled back whole), as
         // long as nothing but the insert can tell a resend apart: an expected version or a
         // precondition would fail on the resend's behalf before the insert answers "duplicate".
@@ -404,17 +406,15 @@ async fn insert_batch(
         .filter_map(|w| w.idempotency.as_ref())
         .collect();
     let query = if events.is_empty() {
-        bind_inbound(sqlx::query(INSERT_INBOUND), stored, &records).bind(records.len() as i64)
+        bind_inbound(sqlx::query(INSERT_INBOUND), stored, &records)
     } else {
         let query = bind_inbound(sqlx::query(INSERT_BATCH), stored, &records);
-        let query = bind_events(query, &events)?
-            .bind(records.len() as i64)
-            .bind(at);
+        let query = bind_events(query, &events)?.bind(at);
         bind_deliveries(query, &events).bind(relative)
     };
-    // fetch_one reads the response up to ReadyForQuery: outside a transaction that is past the
+    // execute reads the response up to ReadyForQuery: outside a transaction that is past the
     // commit of this statement's own, i.e. durable.
-    match query.fetch_one(&mut *conn).await {
+    match query.execute(&mut *conn).await {
         Ok(_) => Ok(outcomes.to_vec()),
         Err(err) => Err(classify(err, &events, relative)),
     }
@@ -544,8 +544,11 @@ fn bind_deliveries<'q>(query: PgQuery<'q>, events: &[PlannedEvent<'_>]) -> PgQue
         .bind(t)
 }
 
+/// An idempotency key of the batch is stored already: by another instance after our lookup, or
+/// (when the batch skipped the lookup) by anyone; the batch then goes the careful way.
 fn is_idempotency_race(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.code().as_deref() == Some(SQLSTATE_IDEMPOTENCY_RACE))
+    matches!(err, sqlx::Error::Database(db)
+        if db.is_unique_violation() && db.constraint() == Some("idempotency_pkey"))
 }
 
 fn is_event_conflict(err: &sqlx::Error) -> bool {
