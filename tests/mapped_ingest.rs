@@ -236,6 +236,13 @@ async fn mapped_messages_become_events(url: String) {
         body.contains(&format!("ferry_mappings_active{{version=\"{version}\"}}")),
         "{body}"
     );
+    // The group committer reports each shared commit: its size and how long it took.
+    for summary in [
+        "ferry_commit_batch_size_count ",
+        "ferry_commit_seconds_count ",
+    ] {
+        assert!(body.contains(summary), "{summary}missing: {body}");
+    }
     app.shutdown().await;
 }
 

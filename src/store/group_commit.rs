@@ -153,7 +153,11 @@ async fn worker(
     while let Some(batch) = gather(&rx, config).await {
         let (writes, replies): (Vec<IngestWrite>, Vec<_>) =
             batch.into_iter().map(|r| (r.write, r.reply)).unzip();
+        let len = writes.len();
+        let started = std::time::Instant::now();
         let results = commit_with_retry(&store, &writes).await;
+        metrics::histogram!("ferry_commit_batch_size").record(len as f64);
+        metrics::histogram!("ferry_commit_seconds").record(started.elapsed().as_secs_f64());
         for (reply, result) in replies.into_iter().zip(results) {
             // A waiter that went away (connection closed) simply never sends its ACK.
             let _ = reply.send(result);
