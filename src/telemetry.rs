@@ -37,7 +37,8 @@ pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
         std::sync::OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+            let recorder = commit_buckets(metrics_exporter_prometheus::PrometheusBuilder::new())
+                .build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder was installed first (an embedding program's); then
             // our metrics go to theirs and this handle renders an empty page.
@@ -45,4 +46,25 @@ pub fn metrics_handle() -> metrics_exporter_prometheus::PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// The group committer's two histograms get buckets, so that Prometheus shows their distributions
+/// exactly (`_bucket{le=…}`) and can add them up across instances. Without buckets the exporter
+/// renders a summary, whose quantiles disagreed with the batch sizes actually committed when this
+/// was measured (BENCHMARKS.md, "PostgreSQL: what one shared commit costs").
+fn commit_buckets(
+    builder: metrics_exporter_prometheus::PrometheusBuilder,
+) -> metrics_exporter_prometheus::PrometheusBuilder {
+    use metrics_exporter_prometheus::Matcher;
+    const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+    const SECONDS: &[f64] = &[
+        0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    ];
+    // Fails only for an empty list of buckets, which these are not; then the defaults (summaries).
+    builder
+        .set_buckets_for_metric(Matcher::Full("ferry_commit_batch_size".into()), SIZES)
+        .and_then(|b| {
+            b.set_buckets_for_metric(Matcher::Full("ferry_commit_seconds".into()), SECONDS)
+        })
+        .unwrap_or_else(|_| metrics_exporter_prometheus::PrometheusBuilder::new())
 }

@@ -236,12 +236,15 @@ async fn mapped_messages_become_events(url: String) {
         body.contains(&format!("ferry_mappings_active{{version=\"{version}\"}}")),
         "{body}"
     );
-    // The group committer reports each shared commit: its size and how long it took.
-    for summary in [
+    // The group committer reports each shared commit, its size and how long it took, as
+    // histograms with buckets.
+    for line in [
+        "ferry_commit_batch_size_bucket{le=\"1\"} ",
         "ferry_commit_batch_size_count ",
+        "ferry_commit_seconds_bucket{le=\"0.0005\"} ",
         "ferry_commit_seconds_count ",
     ] {
-        assert!(body.contains(summary), "{summary}missing: {body}");
+        assert!(body.contains(line), "{line}missing: {body}");
     }
     app.shutdown().await;
 }
