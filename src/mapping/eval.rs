@@ -112,6 +112,11 @@ type Scope<'a, D> = Option<(<D as Doc<'a>>::Item, <D as Doc<'a>>::Loc)>;
 /// A group, a path tested in it, and the text read there (see [`Eval::file_holds`]).
 type WhenText<'s, 'a> = (Option<(usize, usize)>, &'s PathRef, Option<Cow<'a, str>>);
 
+/// What an `in:` test asks of the text read: that there is one, and that it is one of `values`.
+fn one_of(text: Option<Cow<'_, str>>, values: &[String]) -> bool {
+    text.is_some_and(|t| values.iter().any(|v| *v == t))
+}
+
 /// Where a value was read, as what is needed to work out its location (a location is worked out only
 /// for an error or an explanation): the leaf of an item, or what a composite rule reads first.
 enum At<'s, 'a, D: Doc<'a>> {
@@ -267,10 +272,7 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                 .first_item(scope, p)
                 .is_some_and(|item| self.doc.present(item))
         };
-        let is_in = |p: &PathRef, values: &[String]| {
-            self.text_at(scope, p)
-                .is_some_and(|t| values.iter().any(|v| *v == t))
-        };
+        let is_in = |p: &PathRef, values: &[String]| one_of(self.text_at(scope, p), values);
         match &c.test {
             Test::Present => c.paths.iter().any(present),
             Test::Absent => !c.paths.iter().any(present),
@@ -297,7 +299,7 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
                 text
             }
         };
-        text.is_some_and(|t| values.iter().any(|v| *v == t)) != negated
+        one_of(text, values) != negated
     }
 
     // ---- rules ------------------------------------------------------------------------------------------
