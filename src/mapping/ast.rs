@@ -189,6 +189,9 @@ pub(crate) struct FieldRule {
     pub json_key: String,
     /// The name's place among its list's names, sorted: see [`rank_fields`].
     pub rank: u32,
+    /// The index in its list of the field whose rank is this field's index, so that the list can be
+    /// walked in rank order (`u32::MAX` while the list is unranked): see [`rank_fields`].
+    pub by_rank: u32,
     pub pos: Pos,
     pub rule: Rule,
 }
@@ -200,20 +203,23 @@ impl FieldRule {
             name,
             json_key,
             rank: 0,
+            by_rank: u32::MAX,
             pos,
             rule,
         }
     }
 }
 
-/// Gives each field of one `fields:` list its [`FieldRule::rank`], so that the objects built from the
-/// list sort their members by number ([`Draft::object_ranked`](crate::domain::Draft::object_ranked)). A
-/// list left unranked still builds correct objects, sorted by name at a higher cost.
+/// Gives each field of one `fields:` list its [`FieldRule::rank`] and [`FieldRule::by_rank`], so that
+/// the objects built from the list come out with their members in name order without being sorted:
+/// the evaluator walks the list in rank order (see `Eval::fields`). A list left unranked still builds
+/// correct objects, sorted by name at a higher cost.
 pub(crate) fn rank_fields(fields: &mut [FieldRule]) {
     let mut order: Vec<usize> = (0..fields.len()).collect();
     order.sort_by(|&a, &b| fields[a].name.cmp(&fields[b].name));
     for (rank, i) in order.into_iter().enumerate() {
         fields[i].rank = u32::try_from(rank).unwrap_or(u32::MAX);
+        fields[rank].by_rank = u32::try_from(i).unwrap_or(u32::MAX);
     }
 }
 

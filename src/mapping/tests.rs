@@ -411,6 +411,36 @@ fn errors_point_at_the_field() {
     }
 }
 
+/// Outside explain an object's fields are evaluated in name order (its members come out sorted), but
+/// when two fields fail, the error reported is that of the first in the file, whichever order the names
+/// sort in, as it is at every level of nesting.
+#[test]
+fn the_first_failing_field_in_the_file_is_reported() {
+    let msh = "MSH|^~\\&|S|F|R|F|20261103143512||ADT^A04|C1|P|2.5.1\r";
+    // PID-7 is no date (102) and PID-8 is not in the table (103).
+    let text = format!("{msh}PID|1||1^^^A^MR||Doe||19801345|F\r");
+    let birth = "      birth_date: { path: PID.7, transform: date }\n";
+    let sex = "      sex: { path: PID.8, table: patient_class }\n";
+    for (first, second, code, erl) in [
+        (sex, birth, MapErrorCode::TableValue, "PID^1^8"),
+        (birth, sex, MapErrorCode::DataType, "PID^1^7"),
+    ] {
+        let fields = format!("  patient:\n    fields:\n{IDS_NESTED}{first}{second}");
+        let set = load(&[("inbound/a04.yaml", &registered(&fields, "patient"))]);
+        let e = set.map(&Message::parse(&text).unwrap()).unwrap_err();
+        assert_eq!(e.code, code, "{fields}: {e:?}");
+        assert_eq!(
+            e.location.as_ref().map(|l| l.to_erl('^')).as_deref(),
+            Some(erl),
+            "{fields}: {e:?}"
+        );
+        // The sentence still names the output field, as the file's order finds it.
+        assert!(e.message.contains(" for patient."), "{}", e.message);
+    }
+}
+
+const IDS_NESTED: &str = "      identifiers: { each: \"PID.3[*]\", as: CX }\n";
+
 #[test]
 fn explain_names_rule_source_raw_and_value() {
     let fields = format!(
@@ -1387,9 +1417,10 @@ fn shipped_outbound_messages_map_back_to_their_events() {
     assert!(round_trips >= 10, "{round_trips}");
 }
 
-/// Every `fields:` list of the shipped mappings is ranked: the objects it builds sort their members by
-/// rank, which must be the order of the names. (A wrong rank would not show in any output: the payload
-/// check would merely find the members unsorted and hand the payload to the slower typed check.)
+/// Every `fields:` list of the shipped mappings is ranked: the evaluator walks each list in rank order
+/// so that the objects it builds need no sort, which must be the order of the names. (A wrong rank
+/// would not show in any output: the payload check would merely find the members unsorted and hand
+/// the payload to the slower typed check.)
 #[test]
 fn shipped_field_lists_are_ranked_in_name_order() {
     use ast::{Build, FieldRule, Rule, Source};
@@ -1402,6 +1433,13 @@ fn shipped_field_lists_are_ranked_in_name_order() {
         assert_eq!(ranked, named);
         let ranks: Vec<u32> = by_rank.iter().map(|f| f.rank).collect();
         assert_eq!(ranks, (0..).take(fields.len()).collect::<Vec<u32>>());
+        // The evaluator walks the list through `by_rank`: that walk must meet every field once, in name
+        // order, or an object would lose a member or hold one twice.
+        let walked: Vec<&str> = fields
+            .iter()
+            .map(|f| fields[f.by_rank as usize].name.as_str())
+            .collect();
+        assert_eq!(walked, named);
         *lists += 1;
         fields.iter().for_each(|f| rule(&f.rule, lists));
     }
