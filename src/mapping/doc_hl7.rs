@@ -188,8 +188,9 @@ pub(crate) struct Hl7Doc<'m, 'a> {
     group_ids: Vec<u32>,
     /// The `for_each` list the groups were last found for, and those groups: the order files of one
     /// message (five for ORM^O01) share `[ORC, OBR]`, and finding the groups once per file was 8 % of
-    /// mapping an order. `group_ids` belongs to the same list.
-    groups_for: Vec<String>,
+    /// mapping an order. `group_ids` belongs to the same list. The list is kept as ID numbers
+    /// ([`id_code`]), which compare without `memcmp`.
+    groups_for: Vec<Option<u32>>,
     groups: Vec<(usize, usize)>,
     /// The components of the field or repetition split last (see [`Components`]).
     split: RefCell<Components>,
@@ -396,11 +397,11 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
 
     /// `for_each` groups: a group starts at a listed segment unless the current group has not yet reached a
     /// later-listed one (`[ORC, OBR]`: ORC then OBR form one group; a second OBR or any ORC starts the next).
-    fn group_ranges(&mut self, starts: &[String]) -> Vec<(usize, usize)> {
+    fn group_ranges(&mut self, starts: &[Option<u32>]) -> Vec<(usize, usize)> {
         let mut out = Vec::new();
         let mut cur: Option<(usize, usize)> = None;
-        for (i, seg) in self.segs.iter().enumerate() {
-            let Some(rank) = starts.iter().position(|s| s == seg.id()) else {
+        for (i, id) in self.ids.iter().enumerate() {
+            let Some(rank) = starts.iter().position(|s| *s == Some(*id)) else {
                 continue;
             };
             match cur {
@@ -831,10 +832,17 @@ impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
             out.push(None);
             return false;
         }
-        let other = self.groups_for != starts;
+        // Compared as ID numbers: the files of one message mostly share the list.
+        let other = self.groups_for.len() != starts.len()
+            || self
+                .groups_for
+                .iter()
+                .zip(starts)
+                .any(|(code, s)| *code != id_code(s));
         if other {
-            self.groups = self.group_ranges(starts);
-            self.groups_for = starts.to_vec();
+            let codes: Vec<Option<u32>> = starts.iter().map(|s| id_code(s)).collect();
+            self.groups = self.group_ranges(&codes);
+            self.groups_for = codes;
         }
         out.extend(self.groups.iter().copied().map(Some));
         other
