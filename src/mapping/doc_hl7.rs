@@ -463,18 +463,19 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
             .take(take)
     }
 
-    /// Every value a path selects (the first only, when `first_only`), with locations.
-    fn select_hl7(
+    /// Every value a path selects (the first only, when `first_only`), with locations (or, with `T = ()`,
+    /// without).
+    fn select_hl7<T: Track>(
         &self,
-        scope: Scope<'a>,
+        scope: Option<(Item<'a>, T)>,
         p: &PathRef,
         first_only: bool,
-        out: &mut impl Sink<(Item<'a>, Loc)>,
+        out: &mut impl Sink<(Item<'a>, T)>,
     ) {
         match p {
             PathRef::Abs(path) => {
                 for idx in self.segments_of(path) {
-                    let loc = self.seg_loc(idx);
+                    let loc = T::segment(self, idx);
                     self.descend(
                         Item::Seg(idx),
                         loc,
@@ -589,10 +590,10 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
 
     /// Goes down from an item: `step` (with `index` when it selects field repetitions), then `rest`.
     #[allow(clippy::too_many_arguments)]
-    fn descend<S: Sink<(Item<'a>, Loc)>>(
+    fn descend<T: Track, S: Sink<(Item<'a>, T)>>(
         &self,
         item: Item<'a>,
-        loc: Loc,
+        loc: T,
         step: Option<usize>,
         index: Index,
         rest: [Option<usize>; 2],
@@ -608,19 +609,16 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
                 let Some(field) = self.segs[idx].field(n) else {
                     return;
                 };
-                let mut floc = loc;
-                floc.field = Some(nz(n));
+                let floc = loc.field(n);
                 let value = field.value();
                 if rest[0].is_none() && index == Index::Default {
                     out.put((Item::Val(value), floc));
                     return;
                 }
                 let emit = |r: usize, rep: Value<'a>, out: &mut S| {
-                    let mut rloc = floc;
-                    rloc.rep = Some(nz(r));
                     self.descend(
                         Item::Val(rep),
-                        rloc,
+                        floc.rep(r),
                         rest[0],
                         Index::Default,
                         [rest[1], None],
@@ -654,13 +652,7 @@ impl<'m, 'a> Hl7Doc<'m, 'a> {
                 // a relative `.1[2]` from a field picks repetition 2's component 1).
                 let (v, loc) = match (v.level(), index) {
                     (Level::Field, Index::Nth(r)) => match v.repetition(r) {
-                        Some(rep) => (
-                            rep,
-                            Loc {
-                                rep: Some(nz(r)),
-                                ..loc
-                            },
-                        ),
+                        Some(rep) => (rep, loc.rep(r)),
                         None => return,
                     },
                     _ => (v, loc),
@@ -854,6 +846,82 @@ impl<'a> Doc<'a> for Hl7Doc<'_, 'a> {
     }
 }
 
+/// The message read without locations, for mapping a message that nothing will ask about: a location
+/// is only for an error or an explanation, and working one out for every value and carrying it along
+/// was work most messages never use. `MappingSet::map` maps with this first and, only when that fails,
+/// maps again with [`Hl7Doc`] so that the error says where.
+pub(crate) struct Unlocated<'m, 'a>(pub Hl7Doc<'m, 'a>);
+
+impl<'a> Doc<'a> for Unlocated<'_, 'a> {
+    type Item = Item<'a>;
+    type Loc = ();
+
+    #[inline]
+    fn select(
+        &self,
+        scope: Option<(Item<'a>, ())>,
+        p: &PathRef,
+        first_only: bool,
+        out: &mut impl Sink<(Item<'a>, ())>,
+    ) {
+        self.0.select_hl7(scope, p, first_only, out);
+    }
+
+    #[inline]
+    fn first(&self, scope: Option<(Item<'a>, ())>, p: &PathRef) -> Option<(Item<'a>, ())> {
+        self.0.first_hl7(scope, p)
+    }
+
+    #[inline]
+    fn first_item(&self, scope: Option<(Item<'a>, ())>, p: &PathRef) -> Option<Item<'a>> {
+        self.0.first_hl7(scope, p).map(|(item, ())| item)
+    }
+
+    fn loc_of(&self, _: Option<(Item<'a>, ())>, _: &PathRef) -> Option<()> {
+        None
+    }
+
+    #[inline]
+    fn leaf(&self, item: Item<'a>) -> Option<(Cow<'a, str>, Cow<'a, str>)> {
+        self.0.leaf(item)
+    }
+
+    fn leaf_loc(&self, _: Item<'a>, (): ()) {}
+
+    #[inline]
+    fn present(&self, item: Item<'a>) -> bool {
+        self.0.present(item)
+    }
+
+    #[inline]
+    fn text(&self, item: Item<'a>) -> Option<Cow<'a, str>> {
+        self.0.text(item)
+    }
+
+    #[inline]
+    fn blank(&self, item: Item<'a>) -> bool {
+        self.0.blank(item)
+    }
+
+    fn location(&self, (): ()) -> Option<Location> {
+        None
+    }
+
+    fn path(&self, (): ()) -> String {
+        String::new()
+    }
+
+    #[inline]
+    fn groups(&mut self, starts: &[String], out: &mut Vec<Option<(usize, usize)>>) -> bool {
+        self.0.groups(starts, out)
+    }
+
+    #[inline]
+    fn enter(&mut self, group: Option<(usize, usize)>) {
+        self.0.enter(group);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -933,6 +1001,15 @@ mod tests {
                                     // Relative paths from every value the absolute path selects.
                                     let mut all = Vec::new();
                                     doc.select_hl7(None, &p, false, &mut all);
+                                    // Selecting without locations selects the same values.
+                                    let items = |xs: &[(Item<'_>, Loc)]| -> Vec<_> {
+                                        xs.iter().map(|&(i, _)| key(Some((i, unplaced)))).collect()
+                                    };
+                                    let mut bare: Vec<(Item<'_>, ())> = Vec::new();
+                                    doc.select_hl7(None, &p, false, &mut bare);
+                                    let bare: Vec<_> =
+                                        bare.into_iter().map(|(i, ())| (i, unplaced)).collect();
+                                    assert_eq!(items(&bare), items(&all), "{text} (no location)");
                                     for scope in all.into_iter().take(3) {
                                         for rel in [
                                             ".1", ".2", ".1.1", ".4.1", ".2.2", ".1[2]", ".3[2].1",
@@ -951,6 +1028,24 @@ mod tests {
                                             });
                                             let mut general = None;
                                             doc.select_hl7(Some(scope), &rp, true, &mut general);
+                                            let mut every = Vec::new();
+                                            doc.select_hl7(Some(scope), &rp, false, &mut every);
+                                            let mut bare: Vec<(Item<'_>, ())> = Vec::new();
+                                            doc.select_hl7(
+                                                Some((scope.0, ())),
+                                                &rp,
+                                                false,
+                                                &mut bare,
+                                            );
+                                            let bare: Vec<_> = bare
+                                                .into_iter()
+                                                .map(|(i, ())| (i, unplaced))
+                                                .collect();
+                                            assert_eq!(
+                                                items(&bare),
+                                                items(&every),
+                                                "{text} then {rel} (no location)"
+                                            );
                                             assert_eq!(
                                                 key(doc.first_hl7(Some(scope), &rp)),
                                                 key(general),

@@ -176,9 +176,10 @@ impl<'s: 'a, 'a, D: Doc<'a>> Eval<'s, 'a, D> {
             event_index: 0,
             out: String::new(),
             rules: Vec::new(),
-            // Deep enough for every shipped mapping, so that no message grows them.
-            names: Vec::with_capacity(8),
+            // Grown only where the file's order is walked (see `Eval::fields`): explain and errors.
+            names: Vec::new(),
             name_prefix: String::new(),
+            // Deep enough for every shipped mapping, so that no message grows it.
             selections: Vec::with_capacity(4),
             groups: Vec::new(),
             when_text: None,

@@ -376,6 +376,18 @@ impl MappingSet {
         self.run(message, true)
     }
 
+    /// The events of a message in message order of their groups, files in name order within one group.
+    fn in_message_order(mut events: Vec<(usize, MappedEvent)>) -> Mapped {
+        if events.is_empty() {
+            return Mapped::Unmapped;
+        }
+        // The sort is stable; one event (the common case) needs none.
+        if events.len() > 1 {
+            events.sort_by_key(|(start, _)| *start);
+        }
+        Mapped::Events(events.into_iter().map(|(_, e)| e).collect())
+    }
+
     fn run(
         &self,
         message: &Message<'_>,
@@ -394,35 +406,51 @@ impl MappingSet {
         let Some(files) = files else {
             return Ok((Mapped::Unmapped, Vec::new()));
         };
-        let mut ev = eval::Eval::new(&self.ast, &self.tz, doc_hl7::Hl7Doc::new(message), explain);
         let mut events = Vec::new();
+        if !explain {
+            // Without locations first: only an error or an explanation asks where a value was, and
+            // working locations out for every value is work most messages do not need. A message that
+            // fails is mapped again with them, for the error to say where (the same rules fail the same
+            // way: evaluating has no side effects).
+            let mut ev = eval::Eval::new(
+                &self.ast,
+                &self.tz,
+                doc_hl7::Unlocated(doc_hl7::Hl7Doc::new(message)),
+                false,
+            );
+            if files
+                .iter()
+                .try_for_each(|&i| ev.events(&self.ast.inbound[i], &mut events))
+                .is_ok()
+            {
+                return Ok((Self::in_message_order(events), Vec::new()));
+            }
+            events.clear();
+        }
+        let mut ev = eval::Eval::new(&self.ast, &self.tz, doc_hl7::Hl7Doc::new(message), explain);
         for &i in files {
             ev.events(&self.ast.inbound[i], &mut events)?;
+        }
+        if !explain {
+            // Not reached: the same rules failed above.
+            return Ok((Self::in_message_order(events), Vec::new()));
         }
         if events.is_empty() {
             return Ok((Mapped::Unmapped, Vec::new()));
         }
-        if let ([_], false) = (events.as_slice(), explain) {
-            // One event: nothing to order.
-            return Ok((
-                Mapped::Events(events.into_iter().map(|(_, e)| e).collect()),
-                Vec::new(),
-            ));
-        }
-        // Message order of groups; files in name order within one group (the sort is stable).
+        // Message order of groups; files in name order within one group (the sort is stable). The
+        // explanations follow their events.
         let mut order: Vec<usize> = (0..events.len()).collect();
         order.sort_by_key(|&i| events[i].0);
         let mut explanations = ev.explain.take().unwrap_or_default();
-        if explain {
-            let mut new_index = vec![0; order.len()];
-            for (new, &old) in order.iter().enumerate() {
-                new_index[old] = new;
-            }
-            for e in &mut explanations {
-                e.event = new_index.get(e.event).copied().unwrap_or(e.event);
-            }
-            explanations.sort_by_key(|e| e.event);
+        let mut new_index = vec![0; order.len()];
+        for (new, &old) in order.iter().enumerate() {
+            new_index[old] = new;
         }
+        for e in &mut explanations {
+            e.event = new_index.get(e.event).copied().unwrap_or(e.event);
+        }
+        explanations.sort_by_key(|e| e.event);
         let mut slots: Vec<Option<MappedEvent>> =
             events.into_iter().map(|(_, e)| Some(e)).collect();
         let events = order.iter().filter_map(|&i| slots[i].take()).collect();

@@ -441,6 +441,58 @@ fn the_first_failing_field_in_the_file_is_reported() {
 
 const IDS_NESTED: &str = "      identifiers: { each: \"PID.3[*]\", as: CX }\n";
 
+/// `map` reads the message without locations and `explain` with them: on every fixture message both
+/// give the same events, or the same error (which `map` words from a second, located pass).
+#[test]
+fn mapping_without_locations_agrees_with_explain() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let set = MappingSet::load(&root.join("mappings")).unwrap();
+    let mut files: Vec<_> = std::fs::read_dir(root.join("fixtures/hl7v2"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
+        .collect();
+    files.sort();
+    let (mut mapped, mut failed) = (0, 0);
+    for file in files {
+        let bytes = std::fs::read(&file).unwrap();
+        let Ok(decoded) = crate::hl7::decode(&bytes, &Default::default()) else {
+            continue;
+        };
+        let Ok(msg) = Message::parse(&decoded.text) else {
+            continue;
+        };
+        let name = file.display();
+        match (set.map(&msg), set.explain(&msg)) {
+            (Ok(Mapped::Events(a)), Ok((Mapped::Events(b), _))) => {
+                assert_eq!(a.len(), b.len(), "{name}");
+                for (a, b) in a.iter().zip(&b) {
+                    assert_eq!(a.payload, b.payload, "{name}");
+                    assert_eq!(a.event_type, b.event_type, "{name}");
+                    assert_eq!(a.stream_key, b.stream_key, "{name}");
+                    assert_eq!(a.keys, b.keys, "{name}");
+                }
+                mapped += 1;
+            }
+            (Ok(Mapped::Unmapped), Ok((Mapped::Unmapped, _))) => {}
+            (Err(a), Err(b)) => {
+                assert_eq!(
+                    (a.code, &a.location, &a.path, &a.message),
+                    (b.code, &b.location, &b.path, &b.message),
+                    "{name}"
+                );
+                assert!(a.location.is_some(), "{name}: {a:?}");
+                failed += 1;
+            }
+            (a, b) => panic!("{name}: map gave {a:?}, explain {b:?}"),
+        }
+    }
+    assert!(
+        mapped > 20 && failed > 0,
+        "{mapped} mapped, {failed} failed"
+    );
+}
+
 #[test]
 fn explain_names_rule_source_raw_and_value() {
     let fields = format!(
