@@ -932,14 +932,6 @@ mod tests {
     /// from every value they select.
     #[test]
     fn first_agrees_with_select() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hl7v2");
-        let mut files: Vec<_> = std::fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
-            .collect();
-        files.sort();
-        assert!(files.len() > 20, "{files:?}");
         let key = |found: Option<(Item<'_>, Loc)>| {
             found.map(|(item, loc)| match item {
                 Item::Seg(i) => (format!("seg {i}"), loc),
@@ -950,12 +942,8 @@ mod tests {
         let unplaced = Loc::segment("ZZZ", 0, 0);
         let indexes = ["", "[1]", "[2]", "[3]", "[*]"];
         let mut compared = 0;
-        for file in files {
-            let bytes = std::fs::read(&file).unwrap();
-            let Ok(decoded) = crate::hl7::decode(&bytes, &Default::default()) else {
-                continue;
-            };
-            let Ok(msg) = Message::parse(&decoded.text) else {
+        for (file, text) in super::super::tests::fixture_texts() {
+            let Ok(msg) = Message::parse(&text) else {
                 continue;
             };
             let doc = Hl7Doc::new(&msg);

@@ -441,25 +441,38 @@ fn the_first_failing_field_in_the_file_is_reported() {
 
 const IDS_NESTED: &str = "      identifiers: { each: \"PID.3[*]\", as: CX }\n";
 
+/// Every message of `fixtures/hl7v2/` that decodes, with its file, in file name order.
+pub(super) fn fixture_texts() -> Vec<(std::path::PathBuf, String)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hl7v2");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
+        .collect();
+    files.sort();
+    assert!(files.len() > 20, "{files:?}");
+    files
+        .into_iter()
+        .filter_map(|file| {
+            let bytes = std::fs::read(&file).unwrap();
+            let text = crate::hl7::decode(&bytes, &Default::default())
+                .ok()?
+                .text
+                .into_owned();
+            Some((file, text))
+        })
+        .collect()
+}
+
 /// `map` reads the message without locations and `explain` with them: on every fixture message both
 /// give the same events, or the same error (which `map` words from a second, located pass).
 #[test]
 fn mapping_without_locations_agrees_with_explain() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let set = MappingSet::load(&root.join("mappings")).unwrap();
-    let mut files: Vec<_> = std::fs::read_dir(root.join("fixtures/hl7v2"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "hl7"))
-        .collect();
-    files.sort();
     let (mut mapped, mut failed) = (0, 0);
-    for file in files {
-        let bytes = std::fs::read(&file).unwrap();
-        let Ok(decoded) = crate::hl7::decode(&bytes, &Default::default()) else {
-            continue;
-        };
-        let Ok(msg) = Message::parse(&decoded.text) else {
+    for (file, text) in fixture_texts() {
+        let Ok(msg) = Message::parse(&text) else {
             continue;
         };
         let name = file.display();
