@@ -4,7 +4,9 @@
 //! Paths resolve against a *scope*: the message (or the current `for_each` group), a segment (`each: OBX[*]`) or
 //! a value (`each: PID.3[*]`, `as: CX`). Every selected value carries its location, so that a missing required
 //! value, a bad date or an unknown code becomes an error pointing at segment, occurrence, field, repetition and
-//! component — also when the value is absent and only the path says where it should have been.
+//! component — also when the value is absent and only the path says where it should have been. Mapping a
+//! message first reads it through [`Unlocated`], which keeps no locations; only a message whose mapping
+//! fails, and `explain`, read it through [`Hl7Doc`] with them.
 //!
 //! A value used as text is its first component's first subcomponent, decoded: HL7 lets a field grow components
 //! across versions (PV1-2 is IS in 2.5 and CWE in 2.7), and reading the first component keeps a mapping written
