@@ -158,7 +158,7 @@ impl App {
         let (mut committer, committers) = GroupCommitter::start(
             store.clone(),
             GroupCommitConfig {
-                max_wait: Duration::from_micros(settings.store.group_commit_wait_micros),
+                max_wait: settings.group_commit_wait(),
                 max_batch: settings.store.group_commit_max_batch,
                 workers: settings.store.commit_workers,
             },

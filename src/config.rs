@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -94,11 +95,13 @@ pub struct StoreSettings {
     /// Environment: `FERRY_DATABASE_URL`.
     pub url: String,
     pub max_connections: u32,
-    /// How long a batch, once it has its first write, waits for more before committing. 0 (the
-    /// default) waits for nothing: writes that arrive while a commit runs form the next batch,
-    /// which is where sharing comes from under load. Measured here, a wait only added latency
-    /// (tokio's timers tick in milliseconds, so any wait rounds up to about 1 ms).
-    pub group_commit_wait_micros: u64,
+    /// How long a batch may wait, after its first write, for as many writes as there were writers
+    /// around the last commit (`store/group_commit.rs` says why). 0 commits whatever is queued at
+    /// once. Unset: 1000 on PostgreSQL, where one commit for all connections beats two for half
+    /// each (a commit costs a round trip and a WAL flush); 0 on SQLite, whose commits are cheap
+    /// enough that the wait measured slower (BENCHMARKS.md). tokio's timers tick in milliseconds,
+    /// so a wait that runs out ends up to 1 ms after it.
+    pub group_commit_wait_micros: Option<u64>,
     /// Upper bound of messages in one shared commit.
     pub group_commit_max_batch: usize,
     /// Batches gathered and committed in parallel. One (the default) makes the largest batches
@@ -112,7 +115,7 @@ impl Default for StoreSettings {
         Self {
             url: "sqlite://./ferry-data/ferry.db".into(),
             max_connections: 8,
-            group_commit_wait_micros: 0,
+            group_commit_wait_micros: None,
             group_commit_max_batch: 256,
             commit_workers: 1,
         }
@@ -286,6 +289,19 @@ impl Settings {
             settings.listeners = Settings::default().listeners;
         }
         Ok(settings)
+    }
+
+    /// The group commit's wait: [`StoreSettings::group_commit_wait_micros`], or its default for
+    /// the store's backend.
+    pub fn group_commit_wait(&self) -> Duration {
+        let micros = self.store.group_commit_wait_micros.unwrap_or(
+            if self.store.url.starts_with("sqlite:") {
+                0
+            } else {
+                1000
+            },
+        );
+        Duration::from_micros(micros)
     }
 
     /// The runtime's thread count: [`Settings::worker_threads`], or when that is 0, the choice it
@@ -562,6 +578,22 @@ mod tests {
         assert_eq!(s.store.url, "postgres://u@h/db");
         assert_eq!(s.log.filter, "debug");
         s.validate().unwrap();
+    }
+
+    #[test]
+    fn group_commit_waits_on_postgres_unless_told_otherwise() {
+        let mut s = Settings::default();
+        assert_eq!(s.group_commit_wait(), Duration::ZERO);
+        s.store.url = "postgres://u@h/db".into();
+        assert_eq!(s.group_commit_wait(), Duration::from_millis(1));
+        let s = Settings::from_toml(
+            "auth = \"none\"\n[store]\nurl = \"postgres://u@h/db\"\ngroup_commit_wait_micros = 0\n",
+        )
+        .unwrap();
+        assert_eq!(s.group_commit_wait(), Duration::ZERO);
+        let s = Settings::from_toml("auth = \"none\"\n[store]\ngroup_commit_wait_micros = 300\n")
+            .unwrap();
+        assert_eq!(s.group_commit_wait(), Duration::from_micros(300));
     }
 
     #[test]
