@@ -33,6 +33,8 @@ both_backends!(
     concurrent_commits_all_succeed,
     nul_characters_in_text_are_refused_alike,
     an_idempotency_record_of_another_message_is_refused_alike,
+    an_accepted_message_needs_its_record_alike,
+    lookup_by_control_id_finds_accepted_and_rejected,
     batch_beyond_bind_parameter_limits,
     reused_inbound_id_is_not_a_version_conflict,
     a_catalogue_event_the_projections_cannot_read_fails_the_batch,
@@ -927,6 +929,80 @@ async fn postgres_two_instances_race_on_one_stream() {
     assert_eq!(counts(&a).await.events, 30);
 }
 
+/// A store written before migration 0004 (the idempotency key reordered, the inbound log's
+/// control-ID index made partial) keeps every record across it, and finds its messages by control
+/// ID and answers their resends afterwards.
+#[tokio::test]
+async fn sqlite_records_survive_the_control_id_migration() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("migrations");
+    std::fs::create_dir(&old).unwrap();
+    for file in [
+        "0001_initial.sql",
+        "0002_projections.sql",
+        "0003_outbox.sql",
+    ] {
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations/sqlite");
+        std::fs::copy(repo.join(file), old.join(file)).unwrap();
+    }
+    let url = format!("sqlite://{}", dir.path().join("ferry.db").display());
+    let store = ferry::store::connect(&url, &Default::default())
+        .await
+        .unwrap();
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::migrate::Migrator::new(old.as_path())
+        .await
+        .unwrap()
+        .run(&pool)
+        .await
+        .unwrap();
+    let before = [
+        accepted("H1", "M1"),
+        rejected("H1", "M1"),
+        accepted("H2", "M1"),
+    ];
+    store.commit_ingest(&before).await.unwrap();
+
+    store.migrate().await.unwrap();
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'inbound_messages' \
+         ORDER BY name",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert!(
+        indexes.contains(&"inbound_messages_rejected_control_id".to_string())
+            && !indexes.contains(&"inbound_messages_hospital_control_id".to_string()),
+        "{indexes:?}"
+    );
+    assert_eq!(
+        store.inbound_by_control_id("H1", "M1").await.unwrap(),
+        vec![before[0].inbound.clone(), before[1].inbound.clone()]
+    );
+    let resend = accepted("H1", "M1");
+    let original = before[0].idempotency.clone().unwrap();
+    assert_eq!(
+        store
+            .commit_ingest(std::slice::from_ref(&resend))
+            .await
+            .unwrap(),
+        vec![IngestOutcome::Duplicate {
+            content_hash: original.content_hash,
+            ack: original.ack,
+            inbound_id: original.inbound_id,
+        }]
+    );
+    assert_eq!(
+        counts(&store).await,
+        StoreCounts {
+            inbound: 3,
+            idempotency: 2,
+            events: 0
+        }
+    );
+}
+
 /// `sqlite::memory:` must keep one database for the store's lifetime (a pool of several
 /// connections would give each its own empty database).
 #[tokio::test]
@@ -1038,6 +1114,99 @@ async fn an_idempotency_record_of_another_message_is_refused_alike(store: DynSto
             idempotency: 1,
             events: 0
         }
+    );
+}
+
+/// Accepted messages are found by control ID through their idempotency records (migrations
+/// sqlite/0004, postgres/0007), so the store refuses an accepted message with a control ID but
+/// no record of that tenant and control ID, and a record on a message that is not accepted.
+async fn an_accepted_message_needs_its_record_alike(store: DynStore) {
+    let mut without = accepted("H1", "N1");
+    without.idempotency = None;
+    let mut other_control_id = accepted("H1", "N2");
+    if let Some(record) = &mut other_control_id.idempotency {
+        record.key.control_id = "N2-ELSE".into();
+    }
+    let mut other_tenant = accepted("H1", "N3");
+    if let Some(record) = &mut other_tenant.idempotency {
+        record.key.hospital_id = "H2".into();
+    }
+    let mut rejected_with_record = accepted("H1", "N4");
+    rejected_with_record.inbound.status = InboundStatus::Rejected;
+    for bad in [
+        without,
+        other_control_id,
+        other_tenant,
+        rejected_with_record,
+    ] {
+        match store
+            .commit_ingest(&[accepted("H1", "OK"), bad.clone()])
+            .await
+        {
+            Err(StoreError::Corrupt(msg)) => {
+                assert!(msg.contains(&bad.inbound.id.to_string()), "{msg}");
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+    // Without a control ID (FHIR writes) an accepted message needs no record.
+    let mut no_control_id = accepted("H1", "N5");
+    no_control_id.idempotency = None;
+    no_control_id.inbound.control_id = None;
+    store
+        .commit_ingest(std::slice::from_ref(&no_control_id))
+        .await
+        .unwrap();
+    assert_eq!(
+        counts(&store).await,
+        StoreCounts {
+            inbound: 1,
+            idempotency: 0,
+            events: 0
+        }
+    );
+}
+
+/// The lookup by control ID joins two paths (accepted through idempotency records, rejected
+/// through their own index): both kinds come back, from every sender of the tenant, in the order
+/// received, and nothing of another tenant or control ID.
+async fn lookup_by_control_id_finds_accepted_and_rejected(store: DynStore) {
+    let first = rejected("H1", "C1");
+    let mut from_another_sender = accepted("H1", "C1");
+    from_another_sender.inbound.sending_application = Some("RIS".into());
+    if let Some(record) = &mut from_another_sender.idempotency {
+        record.key.sending_application = "RIS".into();
+    }
+    let fixed = accepted("H1", "C1");
+    let later_rejection = rejected("H1", "C1");
+    let noise = [
+        accepted("H2", "C1"),
+        rejected("H2", "C1"),
+        accepted("H1", "C10"),
+        rejected("H1", "C"),
+    ];
+    for w in [&first, &from_another_sender, &fixed, &later_rejection]
+        .into_iter()
+        .chain(&noise)
+    {
+        store.commit_ingest(std::slice::from_ref(w)).await.unwrap();
+    }
+    let rows = store.inbound_by_control_id("H1", "C1").await.unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            first.inbound,
+            from_another_sender.inbound,
+            fixed.inbound,
+            later_rejection.inbound
+        ]
+    );
+    assert!(
+        store
+            .inbound_by_control_id("H3", "C1")
+            .await
+            .unwrap()
+            .is_empty()
     );
 }
 

@@ -11,8 +11,8 @@ use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
 use crate::store::{
-    ExpectedVersion, IdempotencyKey, IdempotencyRecord, IngestOutcome, IngestWrite, NewEvent,
-    StoreError,
+    ExpectedVersion, IdempotencyKey, IdempotencyRecord, InboundStatus, IngestOutcome, IngestWrite,
+    NewEvent, StoreError,
 };
 
 /// One outcome per write: a write whose key is in `existing` (records found in the store) or
@@ -58,7 +58,11 @@ pub(crate) fn repeats_a_key(batch: &[IngestWrite]) -> bool {
 ///   backends behave differently. Raw bytes (BYTEA) may contain anything;
 /// * an idempotency record that points at another message's inbound row: a resend would be
 ///   answered from the wrong message (on PostgreSQL nothing else checks that link, see
-///   `migrations/postgres/0006_idempotency_link.sql`).
+///   `migrations/postgres/0006_idempotency_link.sql`);
+/// * an accepted message with a control ID but without an idempotency record of that tenant and
+///   control ID, or a record on a message that is not accepted: accepted messages are found by
+///   control ID through their records, rejected ones through an index of their own
+///   (`migrations/sqlite/0004_control_id_lookup.sql`).
 ///
 /// Not transient: retrying the same batch fails the same way.
 pub(crate) fn check_storable(batch: &[IngestWrite]) -> Result<(), StoreError> {
@@ -117,6 +121,19 @@ pub(crate) fn check_storable(batch: &[IngestWrite]) -> Result<(), StoreError> {
             if let Some(value) = value {
                 text(value, column, id)?;
             }
+        }
+        let keyed = match (&w.idempotency, m.status, &m.control_id) {
+            (Some(r), InboundStatus::Accepted, Some(control_id)) => {
+                r.key.hospital_id == m.hospital_id && r.key.control_id == *control_id
+            }
+            (Some(_), _, _) | (None, InboundStatus::Accepted, Some(_)) => false,
+            (None, _, _) => true,
+        };
+        if !keyed {
+            return Err(StoreError::Corrupt(format!(
+                "inbound message {id}: an accepted message with a control ID needs an idempotency \
+                 record of its tenant and control ID, and only accepted messages have one"
+            )));
         }
         if let Some(r) = &w.idempotency {
             // The record answers resends of this message: it must point at this message's row.

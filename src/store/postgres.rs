@@ -75,6 +75,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "idempotency_link",
         include_str!("../../migrations/postgres/0006_idempotency_link.sql"),
     ),
+    (
+        7,
+        "control_id_lookup",
+        include_str!("../../migrations/postgres/0007_control_id_lookup.sql"),
+    ),
 ];
 
 /// Finds the idempotency records of a list of keys (given as four parallel arrays).
@@ -685,9 +690,17 @@ impl EventStore for PostgresStore {
         control_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<InboundRecord>, StoreError>> {
         async move {
-            let rows = sqlx::query(select_inbound!(
-                "WHERE hospital_id = $1 AND control_id = $2 \
-                 ORDER BY received_at, id",
+            // Accepted messages through their idempotency record, rejected ones through the
+            // partial index (migration 0007_control_id_lookup).
+            let rows = sqlx::query(concat!(
+                select_inbound!(
+                    "WHERE id IN (SELECT inbound_id FROM idempotency \
+                     WHERE hospital_id = $1 AND control_id = $2) UNION ALL ",
+                ),
+                select_inbound!(
+                    "WHERE hospital_id = $1 AND control_id = $2 AND status = 'rejected' \
+                     ORDER BY received_at, id",
+                ),
             ))
             .bind(hospital_id)
             .bind(control_id)

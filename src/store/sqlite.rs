@@ -66,6 +66,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         "outbox",
         include_str!("../../migrations/sqlite/0003_outbox.sql"),
     ),
+    (
+        4,
+        "control_id_lookup",
+        include_str!("../../migrations/sqlite/0004_control_id_lookup.sql"),
+    ),
 ];
 
 /// How long a connection waits for a lock held by another process before giving up.
@@ -708,9 +713,17 @@ impl EventStore for SqliteStore {
         control_id: &'a str,
     ) -> BoxFuture<'a, Result<Vec<InboundRecord>, StoreError>> {
         async move {
-            let rows = sqlx::query(select_inbound!(
-                "WHERE hospital_id = ? AND control_id = ? \
-                 ORDER BY received_at, id",
+            // Accepted messages through their idempotency record, rejected ones through the
+            // partial index (migration 0004_control_id_lookup).
+            let rows = sqlx::query(concat!(
+                select_inbound!(
+                    "WHERE id IN (SELECT inbound_id FROM idempotency \
+                     WHERE hospital_id = ?1 AND control_id = ?2) UNION ALL ",
+                ),
+                select_inbound!(
+                    "WHERE hospital_id = ?1 AND control_id = ?2 AND status = 'rejected' \
+                     ORDER BY received_at, id",
+                ),
             ))
             .bind(hospital_id)
             .bind(control_id)
