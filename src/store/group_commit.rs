@@ -182,10 +182,12 @@ async fn worker(
         let results = commit_with_retry(&store, &writes).await;
         metrics::histogram!("ferry_commit_batch_size").record(len as f64);
         metrics::histogram!("ferry_commit_seconds").record(started.elapsed().as_secs_f64());
-        let queued = queue
-            .upgrade()
-            .map_or(0, |tx| tx.max_capacity() - tx.capacity());
-        expected = len + queued;
+        if !config.max_wait.is_zero() {
+            let queued = queue
+                .upgrade()
+                .map_or(0, |tx| tx.max_capacity() - tx.capacity());
+            expected = len + queued;
+        }
         for (reply, result) in replies.into_iter().zip(results) {
             // A waiter that went away (connection closed) simply never sends its ACK.
             let _ = reply.send(result);
