@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # End-to-end durable ingest benchmark, as recorded in BENCHMARKS.md:
 #   ferry serve (release) on SQLite and on PostgreSQL, and python-hl7's asyncio MLLP server (the
-#   peer, which stores nothing), each loaded by `ferry bench mllp` in the same run.
+#   peer, which stores nothing), each loaded by `ferry bench mllp` in the same run. Each receiver
+#   runs alone, on an empty store: the one before it is stopped and its writes flushed first.
 # Usage: benches/ingest.sh [MESSAGES] [CONNECTIONS]
 #   VARY=900001 benches/ingest.sh …  makes every message a new patient and visit (`--vary`): new
 #   read-model resources per message instead of one patient updated over and over.
@@ -40,6 +41,17 @@ start() { # name, then the command; waits for its "listening on" line
   grep "mllp listening on" "$work/$name.out" | head -n 1 | awk '{print $NF}'
 }
 
+settle() { # stops the receiver started last, and lets what it wrote reach the disk: without this,
+  # the kernel's write-back of one run's data competed with the next run's fsyncs.
+  local pid
+  pid=$(tail -n 1 "$work/pids")
+  kill "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  # PostgreSQL's dirty buffers, likewise, go to disk now rather than during the next run.
+  if [ -n "${pg_url:-}" ]; then psql -q "$pg_url" -c CHECKPOINT; fi
+  sync
+}
+
 run() { # label, address
   echo "== $1"
   "$ferry" bench mllp --to "$2" --connections "$connections" --messages "$messages" \
@@ -55,22 +67,28 @@ sqlite_addr=$(FERRY_LOG=warn FERRY_DATABASE_URL="sqlite://$work/sqlite/ferry.db"
   FERRY_MAPPINGS_DIR=mappings \
   FERRY_MLLP_LISTEN=127.0.0.1:0 FERRY_HTTP_LISTEN=127.0.0.1:0 start sqlite "$ferry" serve)
 run "ferry, SQLite (WAL, synchronous=FULL), mapping on" "$sqlite_addr"
+settle
 
 unmapped_addr=$(FERRY_LOG=warn FERRY_DATABASE_URL="sqlite://$work/sqlite-unmapped/ferry.db" \
   FERRY_MAPPINGS_DIR="$work/no-mappings" \
   FERRY_MLLP_LISTEN=127.0.0.1:0 FERRY_HTTP_LISTEN=127.0.0.1:0 start sqlite-unmapped "$ferry" serve)
 run "ferry, SQLite (WAL, synchronous=FULL), no mappings" "$unmapped_addr"
+settle
 
 pg_url=$(PGDIR_FILE="$work/pgdir" .ci/pg-start)
 # pg-start initialises with --no-sync for speed; the server itself runs with fsync=on and
-# synchronous_commit=on (the defaults), so every commit is durable.
-pg_addr=$(FERRY_LOG=warn FERRY_DATABASE_URL="$pg_url" FERRY_MAPPINGS_DIR=mappings \
+# synchronous_commit=on (the defaults), so every commit is durable. Each run gets a database of
+# its own, empty like the SQLite runs' files.
+psql -q "$pg_url" -c 'CREATE DATABASE ferry_mapped' -c 'CREATE DATABASE ferry_unmapped'
+pg_addr=$(FERRY_LOG=warn FERRY_DATABASE_URL="${pg_url%/*}/ferry_mapped" FERRY_MAPPINGS_DIR=mappings \
   FERRY_MLLP_LISTEN=127.0.0.1:0 FERRY_HTTP_LISTEN=127.0.0.1:0 start postgres "$ferry" serve)
 run "ferry, PostgreSQL 15 (fsync=on, synchronous_commit=on), mapping on" "$pg_addr"
+settle
 
-pg_unmapped_addr=$(FERRY_LOG=warn FERRY_DATABASE_URL="$pg_url" FERRY_MAPPINGS_DIR="$work/no-mappings" \
+pg_unmapped_addr=$(FERRY_LOG=warn FERRY_DATABASE_URL="${pg_url%/*}/ferry_unmapped" FERRY_MAPPINGS_DIR="$work/no-mappings" \
   FERRY_MLLP_LISTEN=127.0.0.1:0 FERRY_HTTP_LISTEN=127.0.0.1:0 start postgres-unmapped "$ferry" serve)
 run "ferry, PostgreSQL 15 (fsync=on, synchronous_commit=on), no mappings" "$pg_unmapped_addr"
+settle
 
 peer_addr=$(start peer "$work/venv/bin/python" benches/peers/python_hl7_server.py 127.0.0.1 0)
 run "peer: python-hl7 asyncio MLLP server (stores nothing)" "$peer_addr"
