@@ -46,7 +46,11 @@ settle() { # stops the receiver started last, and lets what it wrote reach the d
   local pid
   pid=$(tail -n 1 "$work/pids")
   kill "$pid" 2>/dev/null || true
-  while kill -0 "$pid" 2>/dev/null; do sleep 0.1; done
+  for _ in $(seq 1 300); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  if kill -0 "$pid" 2>/dev/null; then
+    echo "ingest.sh: receiver $pid still running 30 s after SIGTERM; killing it" >&2
+    kill -9 "$pid" 2>/dev/null || true
+  fi
   # PostgreSQL's dirty buffers, likewise, go to disk now rather than during the next run.
   if [ -n "${pg_url:-}" ]; then psql -q "$pg_url" -c CHECKPOINT; fi
   sync
