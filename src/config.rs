@@ -98,8 +98,9 @@ pub struct StoreSettings {
     /// How long a batch may wait, after its first write, for as many writes as there were writers
     /// around the last commit (`store/group_commit.rs` says why). 0 commits whatever is queued at
     /// once. Unset: 1000 on PostgreSQL, where one commit for all connections beats two for half
-    /// each (a commit costs a round trip and a WAL flush); 0 on SQLite, where a commit of 8 costs
-    /// about as much as two of 4 and the wait measured slower or no faster (BENCHMARKS.md).
+    /// each (a commit costs a round trip and a WAL flush); 0 on SQLite, where a commit of 8 takes
+    /// about 1.7 times as long as one of 4, the writer idles while the batch waits, and the wait
+    /// measured slower (BENCHMARKS.md).
     /// tokio's timers tick in milliseconds, so a wait that runs out ends up to 1 ms after it.
     pub group_commit_wait_micros: Option<u64>,
     /// Upper bound of messages in one shared commit.
